@@ -1,0 +1,1 @@
+"""Lightning callbacks: run records and image logging."""

@@ -1,0 +1,253 @@
+"""Structured-config schemas: typed dataclasses that Hydra merges under the YAML files.
+
+Each YAML in ``conf/`` starts from one of these schemas (its defaults list names
+``/schema/<group>@_here_: <name>``), so a misspelled key or a value of the wrong type given on the
+command line fails while the config is composed, with a message naming the key,
+before torch or Lightning are even imported. ``register()`` puts them in Hydra's
+ConfigStore; the entry points call it before composing.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any  # noqa: UP035 -- OmegaConf needs typing.Optional on 3.10
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING
+
+# ruff: noqa: UP007 -- OmegaConf reads these annotations at runtime
+
+
+# --------------------------------------------------------------------------- data
+@dataclass
+class ImageDataConfig:
+    _target_: str = MISSING
+    input_shape: list[int] = MISSING
+    num_classes: int = MISSING
+    batch_size: int = 128
+    eval_batch_size: int = 512
+    num_workers: int = 0
+    val_fraction: float = 0.1
+    test_fraction: float = 0.2
+    split_seed: int = 0
+    label_fraction: float = 1.0
+    subset_seed: int = 0
+
+
+@dataclass
+class TorchvisionDataConfig(ImageDataConfig):
+    name: str = MISSING
+    root: str = MISSING
+    download: bool = False
+
+
+# -------------------------------------------------------------------------- model
+@dataclass
+class CNNConfig:
+    _target_: str = "ptft.nn.cnn.CNN"
+    channels: list[int] = field(default_factory=lambda: [32, 64, 128])
+    dropout: float = 0.0
+
+
+@dataclass
+class MLPConfig:
+    _target_: str = "ptft.nn.mlp.MLP"
+    hidden_dims: list[int] = field(default_factory=lambda: [256, 256])
+    dropout: float = 0.0
+
+
+@dataclass
+class OptimizerConfig:
+    """A ``torch.optim`` class completed with the parameters in ``configure_optimizers``.
+
+    Fields left ``null`` take the optimizer's own default (SGD has no betas, AdamW no momentum).
+    """
+
+    _target_: str = "torch.optim.AdamW"
+    _partial_: bool = True
+    lr: float = 1e-3
+    weight_decay: float | None = None
+    betas: list[float] | None = None
+    eps: float | None = None
+    momentum: float | None = None
+    nesterov: bool | None = None
+
+
+@dataclass
+class SchedulerConfig:
+    _target_: str = "ptft.schedules.warmup_cosine"
+    _partial_: bool = True
+    warmup_fraction: float = 0.05
+    min_factor: float = 0.0
+
+
+@dataclass
+class AugmentConfig:
+    degrees: float = 12.0
+    translate: float = 0.1
+    scale: list[float] = field(default_factory=lambda: [0.85, 1.15])
+    shear: float = 8.0
+    crop_scale: list[float] = field(default_factory=lambda: [0.7, 1.0])
+    noise_std: float = 0.05
+    erase_p: float = 0.25
+    erase_scale: list[float] = field(default_factory=lambda: [0.02, 0.12])
+    p: float = 1.0
+
+
+@dataclass
+class ModelConfig:
+    """Keys every model has. ``monitor``/``monitor_mode`` drive checkpointing and sweeps;
+    ``pretrained`` is the handoff. The rest go to the module's constructor."""
+
+    _target_: str = MISSING
+    input_shape: list[int] = MISSING
+    backbone: Any = MISSING
+    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
+    scheduler: SchedulerConfig | None = None
+    monitor: str = "val/loss"
+    monitor_mode: str = "min"
+    pretrained: str | None = None
+
+
+@dataclass
+class AutoencoderConfig(ModelConfig):
+    decoder_hidden_dims: list[int] = field(default_factory=lambda: [256])
+    num_logged_images: int = 32
+
+
+@dataclass
+class SimCLRConfig(ModelConfig):
+    temperature: float = 0.2
+    projection_hidden_dim: int = 256
+    projection_dim: int = 64
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+
+
+@dataclass
+class ClassifierConfig(ModelConfig):
+    num_classes: int = MISSING
+    finetune: str = "full"
+    augment: AugmentConfig | None = None
+    head_dropout: float = 0.0
+    label_smoothing: float = 0.0
+
+
+# ------------------------------------------------------------------------ trainer
+@dataclass
+class TrainerConfig:
+    """The ``lightning.Trainer`` arguments ptft configs use; others can be added with ``+trainer.x=``."""
+
+    _target_: str = "lightning.pytorch.Trainer"
+    default_root_dir: str | None = None
+    accelerator: str = "auto"
+    devices: Any = "auto"
+    num_nodes: int = 1
+    strategy: Any = "auto"
+    precision: Any = "32-true"
+    min_epochs: int | None = None
+    max_epochs: int | None = None
+    max_steps: int = -1
+    max_time: str | None = None
+    val_check_interval: Any = None
+    check_val_every_n_epoch: int | None = 1
+    log_every_n_steps: int | None = None
+    accumulate_grad_batches: int = 1
+    gradient_clip_val: float | None = None
+    deterministic: Any = None
+    benchmark: bool | None = None
+    fast_dev_run: Any = False
+    overfit_batches: Any = 0.0
+    limit_train_batches: Any = None
+    limit_val_batches: Any = None
+    limit_test_batches: Any = None
+    num_sanity_val_steps: int | None = None
+    profiler: str | None = None
+    enable_progress_bar: bool | None = None
+    enable_model_summary: bool | None = None
+    enable_checkpointing: bool | None = None
+    sync_batchnorm: bool = False
+    detect_anomaly: bool = False
+
+
+# -------------------------------------------------------------------------- runs
+@dataclass
+class PathsConfig:
+    root_dir: str = MISSING
+    data_dir: str = MISSING
+    log_dir: str = MISSING
+    output_dir: str = MISSING
+
+
+@dataclass
+class TrainConfig:
+    """``train.yaml``: what ``ptft-train`` runs; returns ``optimized_metric`` to sweepers."""
+
+    task_name: str = "train"
+    seed: int = 42
+    train: bool = True
+    test: bool = True
+    ckpt_path: str | None = None
+    optimized_metric: str | None = None
+    data: Any = MISSING
+    model: Any = MISSING
+    trainer: Any = MISSING
+    logger: Any = None
+    callbacks: Any = None
+    paths: PathsConfig = field(default_factory=PathsConfig)
+
+
+@dataclass
+class EvalConfig:
+    """``eval.yaml``: ``ptft-eval ckpt_path=…`` tests a checkpoint and writes ``metrics.json``."""
+
+    task_name: str = "eval"
+    seed: int = 42
+    ckpt_path: str = MISSING
+    data: Any = None
+    trainer: Any = MISSING
+    logger: Any = None
+    paths: PathsConfig = field(default_factory=PathsConfig)
+
+
+@dataclass
+class PipelineStage:
+    overrides: list[str] = field(default_factory=list)
+
+
+@dataclass
+class PipelineConfig:
+    """``pipeline.yaml``: pretrain once, then fine-tune per label fraction, method and seed."""
+
+    task_name: str = "pipeline"
+    pretrained: str | None = None
+    pretrain: PipelineStage = field(default_factory=PipelineStage)
+    finetune: PipelineStage = field(default_factory=PipelineStage)
+    method_overrides: dict[str, list[str]] = field(default_factory=dict)
+    label_fractions: list[float] = field(default_factory=lambda: [0.01, 0.05, 0.1, 1.0])
+    methods: list[str] = field(default_factory=lambda: ["scratch", "linear_probe", "finetune", "svc"])
+    seeds: int = 3
+    small_fraction: float = 0.02
+    small_fraction_seeds: int = 5
+    paths: PathsConfig = field(default_factory=PathsConfig)
+
+
+SCHEMAS: dict[str, dict[str, type]] = {
+    "schema": {"train": TrainConfig, "eval": EvalConfig, "pipeline": PipelineConfig},
+    "schema/data": {"image": ImageDataConfig, "torchvision": TorchvisionDataConfig},
+    "schema/model": {
+        "autoencoder": AutoencoderConfig,
+        "simclr": SimCLRConfig,
+        "classifier": ClassifierConfig,
+    },
+    "schema/backbone": {"cnn": CNNConfig, "mlp": MLPConfig},
+    "schema/trainer": {"trainer": TrainerConfig},
+    "schema/paths": {"paths": PathsConfig},
+}
+
+
+def register() -> None:
+    """Put every schema in Hydra's ConfigStore (idempotent)."""
+    cs = ConfigStore.instance()
+    for group, nodes in SCHEMAS.items():
+        for name, node in nodes.items():
+            cs.store(group=group, name=name, node=node)

@@ -1,0 +1,1 @@
+"""LightningDataModules, embedded data sets and batched augmentations."""

@@ -1,0 +1,140 @@
+"""In-memory image classification data: fixed stratified splits and label fractions.
+
+A subclass only says how to load the images; this class makes the splits, keeps
+``label_fraction`` of the labelled training set for fine-tuning (stratified, seeded),
+and serves unlabelled training batches ``(x,)`` to pretraining objectives, so they
+never see a training label. Validation and test batches are always ``(x, y)``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import lightning as L
+import numpy as np
+import torch
+from sklearn.model_selection import train_test_split
+from torch.utils.data import DataLoader, TensorDataset
+
+from ptft.errors import ConfigError
+
+
+def stratified_split(
+    labels: np.ndarray, size: float | int, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Indices ``(kept, rest)``: a stratified, seeded choice of ``size`` examples."""
+    index = np.arange(len(labels))
+    kept, rest = train_test_split(index, train_size=size, stratify=labels, random_state=seed)
+    return np.sort(kept), np.sort(rest)
+
+
+def label_subset(labels: np.ndarray, fraction: float, seed: int) -> np.ndarray:
+    """Sorted indices of a stratified ``fraction`` of ``labels`` (all of them for 1.0)."""
+    if not 0.0 < fraction <= 1.0:
+        raise ConfigError(f"data.label_fraction must be in (0, 1], got {fraction}")
+    if fraction == 1.0:
+        return np.arange(len(labels))
+    num_classes = len(np.unique(labels))
+    count = int(round(fraction * len(labels)))
+    if count < num_classes:
+        raise ConfigError(
+            f"data.label_fraction={fraction} keeps {count} of {len(labels)} labelled examples, "
+            f"fewer than the {num_classes} classes, so some class would have no example; "
+            f"use data.label_fraction>={num_classes / len(labels):.4f}"
+        )
+    return stratified_split(labels, count, seed)[0]
+
+
+class ImageDataModule(L.LightningDataModule):
+    """Base for image data held in memory as float tensors in [0, 1]."""
+
+    def __init__(
+        self,
+        input_shape: Sequence[int],
+        num_classes: int,
+        batch_size: int = 128,
+        eval_batch_size: int = 512,
+        num_workers: int = 0,
+        val_fraction: float = 0.1,
+        test_fraction: float = 0.2,
+        split_seed: int = 0,
+        label_fraction: float = 1.0,
+        subset_seed: int = 0,
+        with_labels: bool = True,
+    ) -> None:
+        super().__init__()
+        self.input_shape = tuple(input_shape)
+        self.num_classes = num_classes
+        self.batch_size = batch_size
+        self.eval_batch_size = eval_batch_size
+        self.num_workers = num_workers
+        self.val_fraction = val_fraction
+        self.test_fraction = test_fraction
+        self.split_seed = split_seed
+        self.label_fraction = label_fraction
+        self.subset_seed = subset_seed
+        self.with_labels = with_labels
+        self.splits: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+        if not 0.0 < label_fraction <= 1.0:
+            raise ConfigError(f"data.label_fraction must be in (0, 1], got {label_fraction}")
+
+    # -- what a subclass provides -------------------------------------------------
+    def load(self) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray] | None]:
+        """``((images, labels), test or None)``; images float32 ``(N, C, H, W)`` in [0, 1]."""
+        raise NotImplementedError
+
+    # -- splits -----------------------------------------------------------------------
+    def setup(self, stage: str | None = None) -> None:
+        if self.splits:
+            return
+        (x, y), test = self.load()
+        if len(x) == 0:
+            raise ConfigError(f"{type(self).__name__} loaded an empty data set; check data.root and the files")
+        if tuple(x.shape[1:]) != self.input_shape:
+            raise ConfigError(
+                f"data.input_shape={list(self.input_shape)} but the images are {list(x.shape[1:])}; fix data.input_shape"
+            )
+        if test is None:
+            pool, test_idx = stratified_split(y, 1.0 - self.test_fraction, self.split_seed)
+            test = (x[test_idx], y[test_idx])
+            x, y = x[pool], y[pool]
+        train_idx, val_idx = stratified_split(y, 1.0 - self.val_fraction, self.split_seed)
+        self.splits = {
+            "train": (x[train_idx], y[train_idx]),
+            "val": (x[val_idx], y[val_idx]),
+            "test": test,
+        }
+        if self.with_labels:
+            xs, ys = self.splits["train"]
+            keep = label_subset(ys, self.label_fraction, self.subset_seed)
+            self.splits["train"] = (xs[keep], ys[keep])
+        self.splits = {k: (torch.as_tensor(a, dtype=torch.float32), torch.as_tensor(b, dtype=torch.long))
+                       for k, (a, b) in self.splits.items()}
+
+    def split_sizes(self) -> dict[str, int]:
+        return {k: len(v[1]) for k, v in self.splits.items()}
+
+    # -- loaders ----------------------------------------------------------------------
+    def _loader(self, split: str, train: bool) -> DataLoader:
+        x, y = self.splits[split]
+        dataset = TensorDataset(x, y) if (self.with_labels or not train) else TensorDataset(x)
+        batch_size = self.batch_size if train else self.eval_batch_size
+        return DataLoader(
+            dataset,
+            batch_size=batch_size,
+            shuffle=train,
+            # a last batch of one breaks batch norm; dropping a partial batch is harmless
+            # when the data set is larger than a batch (it is reshuffled every epoch)
+            drop_last=train and len(dataset) > batch_size,
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", train=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val", train=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", train=False)

@@ -1,0 +1,27 @@
+"""``ptft-eval ckpt_path=FILE``: test a checkpoint on its test split, write ``metrics.json``.
+
+The model and data configs come from the checkpoint itself (``data=…`` overrides the
+data), so no other argument is needed.
+"""
+
+from __future__ import annotations
+
+import hydra
+from omegaconf import DictConfig
+
+from ptft import config
+from ptft.cli import config_dir, one_line_errors
+
+config.register()
+
+
+@hydra.main(version_base="1.3", config_path=config_dir(), config_name="eval")
+@one_line_errors
+def main(cfg: DictConfig) -> dict[str, float]:
+    from ptft.evaluate import evaluate  # torch and Lightning load only when a run starts
+
+    return evaluate(cfg)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,116 @@
+"""The pretrain → fine-tune handoff: load only a backbone's weights, and its architecture.
+
+``model.pretrained=PATH`` (a ``.ckpt`` file or a run directory) replaces the config's
+``model.backbone`` with the backbone config stored in the checkpoint, builds the new
+module, and loads the ``backbone.*`` tensors strictly. Anything that does not fit is a
+clear error, never a silent partial load. This is not a resume (``ckpt_path=``).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ptft.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+PREFIX = "backbone."
+
+
+@dataclass
+class Pretrained:
+    """A backbone read from a checkpoint: its file, its config and its weights."""
+
+    path: Path
+    config: dict[str, Any]
+    input_shape: list[int]
+    weights: dict[str, torch.Tensor]
+    skipped: list[str] = field(default_factory=list)
+
+
+def resolve_checkpoint(path: str | Path) -> Path:
+    """A ``.ckpt`` file as given, or ``checkpoints/last.ckpt`` inside a run directory."""
+    p = Path(path).expanduser()
+    if not p.exists():
+        raise ConfigError(f"model.pretrained={path}: no such file or directory; pass a .ckpt file or a run directory")
+    if p.is_file():
+        return p
+    for candidate in (p / "checkpoints" / "last.ckpt", p / "last.ckpt"):
+        if candidate.is_file():
+            return candidate
+    found = sorted(p.glob("checkpoints/*.ckpt")) or sorted(p.glob("*.ckpt"))
+    if len(found) == 1:
+        return found[0]
+    what = "several checkpoints: " + ", ".join(f.name for f in found) if found else "no checkpoint"
+    raise ConfigError(f"model.pretrained={path} is a directory with {what}; pass the .ckpt file itself")
+
+
+def read_pretrained(path: str | Path) -> Pretrained:
+    """Read the backbone record and weights from a ptft checkpoint (``weights_only``)."""
+    file = resolve_checkpoint(path)
+    try:
+        checkpoint = torch.load(file, map_location="cpu", weights_only=True)
+    except Exception as err:
+        raise ConfigError(f"model.pretrained={file} is not a loadable PyTorch checkpoint ({type(err).__name__})") from err
+    if not isinstance(checkpoint, dict) or not isinstance(checkpoint.get("state_dict"), dict):
+        raise ConfigError(f"model.pretrained={file} is not a Lightning checkpoint (it has no state_dict)")
+    state = checkpoint["state_dict"]
+    weights = {k[len(PREFIX) :]: v for k, v in state.items() if k.startswith(PREFIX)}
+    record = checkpoint.get("ptft_backbone")
+    if not weights or not isinstance(record, dict):
+        raise ConfigError(
+            f"model.pretrained={file} has no backbone (no 'backbone.*' weights and backbone record); "
+            "pass a checkpoint written by a ptft run"
+        )
+    skipped = sorted(k for k in state if not k.startswith(PREFIX))
+    return Pretrained(file, dict(record["config"]), list(record["input_shape"]), weights, skipped)
+
+
+def load_backbone(module: torch.nn.Module, pretrained: Pretrained) -> dict[str, int]:
+    """Copy the pretrained weights into ``module.backbone`` (strict) and log a report."""
+    own = module.backbone.state_dict()
+    missing = sorted(set(own) - set(pretrained.weights))
+    unexpected = sorted(set(pretrained.weights) - set(own))
+    mismatched = [
+        f"{k} {list(pretrained.weights[k].shape)} in the checkpoint vs {list(own[k].shape)} here"
+        for k in sorted(set(own) & set(pretrained.weights))
+        if pretrained.weights[k].shape != own[k].shape
+    ]
+    if missing or unexpected or mismatched:
+        detail = "; ".join(
+            part
+            for part in (
+                f"shape mismatch: {mismatched[0]}" + (f" (+{len(mismatched) - 1} more)" if len(mismatched) > 1 else "")
+                if mismatched else "",
+                f"missing here: {', '.join(unexpected[:3])}" if unexpected else "",
+                f"absent from the checkpoint: {', '.join(missing[:3])}" if missing else "",
+            )
+            if part
+        )
+        raise ConfigError(
+            f"the backbone in {pretrained.path} does not fit this model ({detail}); it was pretrained on inputs "
+            f"of shape {pretrained.input_shape}, this data has {list(module.input_shape)}"
+        )
+    module.backbone.load_state_dict(pretrained.weights, strict=True)
+    new = sorted({k.split(".")[0] for k in module.state_dict() if not k.startswith(PREFIX)})
+    report = {
+        "loaded": len(pretrained.weights),
+        "new": sum(1 for k in module.state_dict() if not k.startswith(PREFIX)),
+        "skipped": len(pretrained.skipped),
+    }
+    log.info(
+        "handoff from %s: loaded %d backbone tensors; new: %d tensors (%s); skipped from the checkpoint: "
+        "%d tensors (%s)",
+        pretrained.path,
+        report["loaded"],
+        report["new"],
+        ", ".join(new) or "none",
+        report["skipped"],
+        ", ".join(sorted({k.split(".")[0] for k in pretrained.skipped})) or "none",
+    )
+    return report

@@ -1,0 +1,1 @@
+"""Plain ``nn.Module`` building blocks: backbones, heads and their construction."""

@@ -1,0 +1,1 @@
+"""Pretraining objectives (LightningModules) and their pure loss functions."""

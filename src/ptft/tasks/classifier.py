@@ -1,0 +1,97 @@
+"""Image classification: backbone + linear head, trained with cross-entropy.
+
+``finetune="full"`` trains everything; ``finetune="linear_probe"`` freezes the backbone
+(weights and batch-norm statistics) and trains only the head.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torchmetrics import MetricCollection
+from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
+
+from ptft.data.augment import Augment
+from ptft.errors import ConfigError
+from ptft.module import BackboneModule
+
+FINETUNE_MODES = ("full", "linear_probe")
+
+
+class Classifier(BackboneModule):
+    """Cross-entropy classifier over ``num_classes`` on top of ``backbone`` features."""
+
+    supervised = True
+
+    def __init__(
+        self,
+        backbone: Mapping[str, Any],
+        input_shape: Sequence[int],
+        num_classes: int,
+        optimizer: Mapping[str, Any],
+        scheduler: Mapping[str, Any] | None = None,
+        finetune: str = "full",
+        augment: Mapping[str, Any] | None = None,
+        head_dropout: float = 0.0,
+        label_smoothing: float = 0.0,
+    ) -> None:
+        if finetune not in FINETUNE_MODES:
+            raise ConfigError(f"model.finetune='{finetune}' is not one of {list(FINETUNE_MODES)}")
+        super().__init__(backbone, input_shape, optimizer, scheduler)
+        self.save_hyperparameters()
+        self.finetune = finetune
+        self.label_smoothing = label_smoothing
+        self.head = nn.Sequential(nn.Dropout(head_dropout), nn.Linear(self.backbone.out_dim, num_classes))
+        self.augment = Augment(**augment) if augment is not None else None
+        if finetune == "linear_probe":
+            self.backbone.requires_grad_(False)
+        metrics = MetricCollection(
+            {
+                "acc": MulticlassAccuracy(num_classes, average="micro"),
+                "f1": MulticlassF1Score(num_classes, average="macro"),
+            }
+        )
+        self.val_metrics = metrics.clone(prefix="val/")
+        self.test_metrics = metrics.clone(prefix="test/")
+
+    @property
+    def frozen(self) -> bool:
+        return self.finetune == "linear_probe"
+
+    def train(self, mode: bool = True) -> Classifier:
+        super().train(mode)
+        if self.frozen:  # a frozen backbone keeps its batch-norm statistics too
+            self.backbone.eval()
+        return self
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        with torch.set_grad_enabled(torch.is_grad_enabled() and not self.frozen):
+            features = self.backbone(x)
+        return self.head(features)
+
+    def training_step(self, batch: Sequence[torch.Tensor], batch_idx: int) -> torch.Tensor:
+        x, y = batch
+        if self.augment is not None:
+            x = self.augment(x)
+        logits = self(x)
+        loss = F.cross_entropy(logits.float(), y, label_smoothing=self.label_smoothing)
+        self.log("train/loss", loss, prog_bar=True)
+        self.log("train/acc", (logits.argmax(1) == y).float().mean())
+        return loss
+
+    def _evaluate(self, batch: Sequence[torch.Tensor], stage: str, metrics: MetricCollection) -> None:
+        x, y = batch
+        logits = self(x)
+        self.log(f"{stage}/loss", F.cross_entropy(logits.float(), y), prog_bar=stage == "val", sync_dist=True)
+        metrics.update(logits, y)
+        self.log_dict(metrics, prog_bar=stage == "val")
+
+    def validation_step(self, batch: Sequence[torch.Tensor], batch_idx: int) -> None:
+        self._evaluate(batch, "val", self.val_metrics)
+
+    def test_step(self, batch: Sequence[torch.Tensor], batch_idx: int) -> None:
+        self._evaluate(batch, "test", self.test_metrics)
