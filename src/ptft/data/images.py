@@ -75,6 +75,7 @@ class ImageDataModule(L.LightningDataModule):
         self.subset_seed = subset_seed
         self.with_labels = with_labels
         self.splits: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+        self.indices: dict[str, np.ndarray] = {}
         if not 0.0 < label_fraction <= 1.0:
             raise ConfigError(f"data.label_fraction must be in (0, 1], got {label_fraction}")
 
@@ -94,22 +95,27 @@ class ImageDataModule(L.LightningDataModule):
             raise ConfigError(
                 f"data.input_shape={list(self.input_shape)} but the images are {list(x.shape[1:])}; fix data.input_shape"
             )
+        # indices into the loaded images, or into the official test set when there is one
+        pool = np.arange(len(y))
         if test is None:
             pool, test_idx = stratified_split(y, 1.0 - self.test_fraction, self.split_seed)
-            test = (x[test_idx], y[test_idx])
-            x, y = x[pool], y[pool]
-        train_idx, val_idx = stratified_split(y, 1.0 - self.val_fraction, self.split_seed)
+            test = (x, y)
+            self.indices = {"test": test_idx}
+        else:
+            self.indices = {"test": np.arange(len(test[1]))}
+        train_pos, val_pos = stratified_split(y[pool], 1.0 - self.val_fraction, self.split_seed)
+        self.indices["train"], self.indices["val"] = pool[train_pos], pool[val_pos]
+        if self.with_labels:  # fine-tuning: a stratified, seeded share of the labelled examples
+            keep = label_subset(y[self.indices["train"]], self.label_fraction, self.subset_seed)
+            self.indices["train"] = self.indices["train"][keep]
+        splits = {"train": (x, y), "val": (x, y), "test": test}
         self.splits = {
-            "train": (x[train_idx], y[train_idx]),
-            "val": (x[val_idx], y[val_idx]),
-            "test": test,
+            name: (
+                torch.as_tensor(splits[name][0][self.indices[name]], dtype=torch.float32),
+                torch.as_tensor(splits[name][1][self.indices[name]], dtype=torch.long),
+            )
+            for name in ("train", "val", "test")
         }
-        if self.with_labels:
-            xs, ys = self.splits["train"]
-            keep = label_subset(ys, self.label_fraction, self.subset_seed)
-            self.splits["train"] = (xs[keep], ys[keep])
-        self.splits = {k: (torch.as_tensor(a, dtype=torch.float32), torch.as_tensor(b, dtype=torch.long))
-                       for k, (a, b) in self.splits.items()}
 
     def split_sizes(self) -> dict[str, int]:
         return {k: len(v[1]) for k, v in self.splits.items()}

@@ -20,8 +20,8 @@ def nt_xent(
     ``z1[i]`` and ``z2[i]`` are two views of example ``i``. Each anchor's positive is
     its other view; the other 2N−2 views are its negatives; its own similarity is
     masked out (not subtracted). Cosine similarities divided by ``temperature`` go
-    through cross-entropy, i.e. a stable log-sum-exp, in float32 whatever the
-    autocast dtype.
+    through cross-entropy, i.e. a stable log-sum-exp, in at least float32 whatever
+    the autocast dtype.
 
     Under DDP pass this process's views as ``z1``/``z2``, the views gathered from all
     processes (with gradients) as ``z1_all``/``z2_all``, and this process's first
@@ -37,9 +37,11 @@ def nt_xent(
     z2_all = z2 if z2_all is None else z2_all
     n, n_all = z1.shape[0], z1_all.shape[0]
 
-    anchors = F.normalize(torch.cat([z1, z2]).float(), dim=1)  # (2n, D)
-    candidates = F.normalize(torch.cat([z1_all, z2_all]).float(), dim=1)  # (2N, D)
-    logits = anchors @ candidates.T / temperature  # (2n, 2N)
+    dtype = torch.promote_types(z1.dtype, torch.float32)  # bf16/fp16 → fp32, fp64 stays
+    with torch.autocast(z1.device.type, enabled=False):  # autocast would run the matmul in bf16
+        anchors = F.normalize(torch.cat([z1, z2]).to(dtype), dim=1)  # (2n, D)
+        candidates = F.normalize(torch.cat([z1_all, z2_all]).to(dtype), dim=1)  # (2N, D)
+        logits = anchors @ candidates.T / temperature  # (2n, 2N)
 
     local = torch.arange(n, device=z1.device) + offset
     self_index = torch.cat([local, local + n_all])
@@ -47,4 +49,5 @@ def nt_xent(
     self_mask = torch.zeros_like(logits, dtype=torch.bool)
     self_mask[torch.arange(2 * n, device=z1.device), self_index] = True
     logits = logits.masked_fill(self_mask, float("-inf"))
-    return F.cross_entropy(logits, positive_index)
+    with torch.autocast(z1.device.type, enabled=False):
+        return F.cross_entropy(logits, positive_index)

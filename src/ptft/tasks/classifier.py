@@ -49,6 +49,9 @@ class Classifier(BackboneModule):
         self.augment = Augment(**augment) if augment is not None else None
         if finetune == "linear_probe":
             self.backbone.requires_grad_(False)
+            # Lightning keeps the modes modules have (it no longer calls .train() at fit
+            # start), so the frozen backbone is put in eval mode here, and kept there by train()
+            self.backbone.eval()
         metrics = MetricCollection(
             {
                 "acc": MulticlassAccuracy(num_classes, average="micro"),
