@@ -85,9 +85,8 @@ class SchedulerConfig:
 class AugmentConfig:
     degrees: float = 12.0
     translate: float = 0.1
-    scale: list[float] = field(default_factory=lambda: [0.85, 1.15])
+    scale: list[float] = field(default_factory=lambda: [0.85, 1.25])
     shear: float = 8.0
-    crop_scale: list[float] = field(default_factory=lambda: [0.7, 1.0])
     noise_std: float = 0.05
     erase_p: float = 0.25
     erase_scale: list[float] = field(default_factory=lambda: [0.02, 0.12])
