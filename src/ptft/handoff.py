@@ -82,20 +82,21 @@ def load_backbone(module: torch.nn.Module, pretrained: Pretrained) -> dict[str, 
         if pretrained.weights[k].shape != own[k].shape
     ]
     if missing or unexpected or mismatched:
-        detail = "; ".join(
-            part
-            for part in (
-                f"shape mismatch: {mismatched[0]}" + (f" (+{len(mismatched) - 1} more)" if len(mismatched) > 1 else "")
-                if mismatched else "",
-                f"missing here: {', '.join(unexpected[:3])}" if unexpected else "",
-                f"absent from the checkpoint: {', '.join(missing[:3])}" if missing else "",
-            )
-            if part
+        problems = []
+        if mismatched:
+            more = f" (+{len(mismatched) - 1} more)" if len(mismatched) > 1 else ""
+            problems.append(f"shape mismatch: {mismatched[0]}{more}")
+        if unexpected:
+            problems.append(f"missing here: {', '.join(unexpected[:3])}")
+        if missing:
+            problems.append(f"absent from the checkpoint: {', '.join(missing[:3])}")
+        detail = "; ".join(problems)
+        shapes = (
+            f"; it was pretrained on inputs of shape {pretrained.input_shape}, this data has {list(module.input_shape)}"
+            if list(pretrained.input_shape) != list(module.input_shape)
+            else ""
         )
-        raise ConfigError(
-            f"the backbone in {pretrained.path} does not fit this model ({detail}); it was pretrained on inputs "
-            f"of shape {pretrained.input_shape}, this data has {list(module.input_shape)}"
-        )
+        raise ConfigError(f"the backbone in {pretrained.path} does not fit this model ({detail}){shapes}")
     module.backbone.load_state_dict(pretrained.weights, strict=True)
     new = sorted({k.split(".")[0] for k in module.state_dict() if not k.startswith(PREFIX)})
     report = {
