@@ -50,7 +50,8 @@ def test_svc_baseline_uses_the_same_labelled_subsets(pipeline_run):
         dm = DigitsDataModule(label_fraction=float(r["label_fraction"]), subset_seed=int(r["seed"]))
         dm.setup("fit")
         (x, y), (xt, yt) = dm.splits["train"], dm.splits["test"]
-        expected = np.mean(SVC().fit(x.flatten(1), y).predict(xt.flatten(1)) == yt.numpy())
+        svc = SVC(C=10.0, gamma="scale")  # the pipeline's default baseline
+        expected = np.mean(svc.fit(x.flatten(1), y).predict(xt.flatten(1)) == yt.numpy())
         assert float(r["test_acc"]) == pytest.approx(expected, abs=1e-9)
 
 
@@ -65,3 +66,5 @@ def test_markdown_table_plot_and_tensorboard(pipeline_run):
     events = list(pipeline_run.rglob("events.out.tfevents.*"))
     # the pretraining, every fine-tuning run, and the summary all log under the one run directory
     assert len({e.parent for e in events}) >= 1 + 9 + 1
+    # fine-tuning runs inside the study write no checkpoints
+    assert not list((pipeline_run / "finetune").rglob("*.ckpt"))

@@ -227,6 +227,7 @@ class PipelineConfig:
     seeds: int = 3
     small_fraction: float = 0.02
     small_fraction_seeds: int = 5
+    svc: dict[str, Any] = field(default_factory=lambda: {"C": 10.0, "gamma": "scale"})
     paths: PathsConfig = field(default_factory=PathsConfig)
 
 
