@@ -6,6 +6,7 @@ import csv
 
 import numpy as np
 import pytest
+from sklearn.metrics import f1_score
 from sklearn.svm import SVC
 
 from ptft.data.digits import DigitsDataModule
@@ -51,8 +52,9 @@ def test_svc_baseline_uses_the_same_labelled_subsets(pipeline_run):
         dm.setup("fit")
         (x, y), (xt, yt) = dm.splits["train"], dm.splits["test"]
         svc = SVC(C=10.0, gamma="scale")  # the pipeline's default baseline
-        expected = np.mean(svc.fit(x.flatten(1), y).predict(xt.flatten(1)) == yt.numpy())
-        assert float(r["test_acc"]) == pytest.approx(expected, abs=1e-9)
+        predicted = svc.fit(x.flatten(1), y).predict(xt.flatten(1))
+        assert float(r["test_acc"]) == pytest.approx(np.mean(predicted == yt.numpy()), abs=1e-9)
+        assert float(r["test_f1"]) == pytest.approx(f1_score(yt, predicted, average="macro"), abs=1e-9)
 
 
 def test_markdown_table_plot_and_tensorboard(pipeline_run):

@@ -73,12 +73,14 @@ def pretrain(cfg: DictConfig, out: Path) -> Path:
     return resolve_checkpoint(stage_dir)
 
 
-def finetune_overrides(cfg: DictConfig, method: str, fraction: float, seed: int, ckpt: Path, stage_dir: Path) -> list[str]:
+def finetune_overrides(
+    cfg: DictConfig, method: str, fraction: float, seed: int, ckpt: Path | None, stage_dir: Path
+) -> list[str]:
     setup = METHOD_SETUP[method]
     return [
         *cfg.finetune.overrides,
         *QUIET,
-        f"model.pretrained={quote(ckpt) if setup['pretrained'] else 'null'}",
+        f"model.pretrained={quote(ckpt) if setup['pretrained'] and ckpt else 'null'}",
         f"model.finetune={setup['finetune']}",
         f"data.label_fraction={fraction}",
         f"seed={seed}",
@@ -87,15 +89,17 @@ def finetune_overrides(cfg: DictConfig, method: str, fraction: float, seed: int,
     ]
 
 
-def svc_accuracy(run_cfg: DictConfig, svc_kwargs: dict[str, Any]) -> float:
-    """scikit-learn's SVC on raw pixels of the run's own labelled subset."""
+def svc_scores(run_cfg: DictConfig, svc_kwargs: dict[str, Any]) -> tuple[float, float]:
+    """Test accuracy and macro F1 of scikit-learn's SVC on raw pixels of the run's own
+    labelled subset (the data config of a fine-tuning run at the same fraction and seed)."""
+    from sklearn.metrics import f1_score
     from sklearn.svm import SVC
 
     datamodule = build_datamodule(plain(run_cfg.data), supervised=True)
     datamodule.setup("fit")
     (x, y), (xt, yt) = datamodule.splits["train"], datamodule.splits["test"]
-    classifier = SVC(**svc_kwargs).fit(x.flatten(1).numpy(), y.numpy())
-    return float(np.mean(classifier.predict(xt.flatten(1).numpy()) == yt.numpy()))
+    predicted = SVC(**svc_kwargs).fit(x.flatten(1).numpy(), y.numpy()).predict(xt.flatten(1).numpy())
+    return float(np.mean(predicted == yt.numpy())), float(f1_score(yt.numpy(), predicted, average="macro"))
 
 
 def run_study(cfg: DictConfig) -> float:
@@ -111,11 +115,12 @@ def run_study(cfg: DictConfig) -> float:
         for seed in seeds_for(cfg, fraction):
             for method in cfg.methods:
                 stage_dir = out / "finetune" / f"fraction_{fraction}" / method / f"seed_{seed}"
-                overrides = finetune_overrides(cfg, "scratch" if method == "svc" else method, fraction, seed, ckpt or "", stage_dir)
-                run_cfg = compose_train(overrides)
+                # the SVC reads its labelled subset from a scratch run's data config
+                setup = "scratch" if method == "svc" else method
+                run_cfg = compose_train(finetune_overrides(cfg, setup, fraction, seed, ckpt, stage_dir))
                 start = time.perf_counter()
                 if method == "svc":
-                    acc, f1 = svc_accuracy(run_cfg, plain(cfg.svc)), float("nan")
+                    acc, f1 = svc_scores(run_cfg, plain(cfg.svc))
                 else:
                     stage_dir.mkdir(parents=True, exist_ok=True)
                     OmegaConf.save(run_cfg, stage_dir / "config.yaml", resolve=True)
