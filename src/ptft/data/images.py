@@ -117,9 +117,6 @@ class ImageDataModule(L.LightningDataModule):
             for name in ("train", "val", "test")
         }
 
-    def split_sizes(self) -> dict[str, int]:
-        return {k: len(v[1]) for k, v in self.splits.items()}
-
     # -- loaders ----------------------------------------------------------------------
     def _loader(self, split: str, train: bool) -> DataLoader:
         x, y = self.splits[split]
