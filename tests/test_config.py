@@ -48,6 +48,10 @@ def test_every_option_of_every_group_composes(group, options, tmp_path):
         (schemas.ImageDataConfig, "ptft.data.digits.DigitsDataModule"),
         (schemas.TorchvisionDataConfig, "ptft.data.torchvision.TorchvisionDataModule"),
         (schemas.AugmentConfig, "ptft.data.augment.Augment"),
+        (schemas.TextDataConfig, "ptft.data.text.PydocTextDataModule"),
+        (schemas.TransformerConfig, "ptft.nn.transformer.Transformer"),
+        (schemas.CausalLMConfig, "ptft.objectives.causal_lm.CausalLM"),
+        (schemas.MaskedLMConfig, "ptft.objectives.masked_lm.MaskedLM"),
     ],
 )
 def test_schema_fields_are_the_constructor_arguments(schema, target):
@@ -61,7 +65,7 @@ def test_schema_fields_are_the_constructor_arguments(schema, target):
     }
     params -= {"with_labels"}  # set by the run from the model, never by the user
     fields = set(schema.__dataclass_fields__) - RUN_KEYS
-    if target.endswith(("CNN", "MLP")):
+    if target.endswith(("CNN", "MLP", "Transformer")):
         params -= {"input_shape"}  # comes from the data
     assert fields == params
 

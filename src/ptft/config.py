@@ -41,6 +41,23 @@ class TorchvisionDataConfig(ImageDataConfig):
     download: bool = False
 
 
+@dataclass
+class TextDataConfig:
+    """Packed token blocks of the standard-library docstrings (``ptft.data.text``)."""
+
+    _target_: str = "ptft.data.text.PydocTextDataModule"
+    cache_dir: str = MISSING
+    input_shape: list[int] = MISSING
+    vocab_size: int = 8192
+    block_size: int = 128
+    batch_size: int = 32
+    eval_batch_size: int = 64
+    num_workers: int = 0
+    split_seed: int = 0
+    val_fraction: float = 0.05
+    test_fraction: float = 0.05
+
+
 # -------------------------------------------------------------------------- model
 @dataclass
 class CNNConfig:
@@ -54,6 +71,21 @@ class MLPConfig:
     _target_: str = "ptft.nn.mlp.MLP"
     hidden_dims: list[int] = field(default_factory=lambda: [256, 256])
     dropout: float = 0.0
+
+
+@dataclass
+class TransformerConfig:
+    _target_: str = "ptft.nn.transformer.Transformer"
+    vocab_size: int = MISSING
+    dim: int = 256
+    num_layers: int = 4
+    num_heads: int = 4
+    mlp_ratio: float = 4.0
+    dropout: float = 0.1
+    max_positions: int = 512
+    positions: str = "sinusoidal"
+    causal: bool = True
+    pad_token_id: int | None = 0
 
 
 @dataclass
@@ -129,6 +161,18 @@ class ClassifierConfig(ModelConfig):
     augment: AugmentConfig | None = None
     head_dropout: float = 0.0
     label_smoothing: float = 0.0
+
+
+@dataclass
+class CausalLMConfig(ModelConfig):
+    sample_prompts: list[str] = field(default_factory=lambda: ["Return the", "This module"])
+    sample_tokens: int = 32
+
+
+@dataclass
+class MaskedLMConfig(ModelConfig):
+    mask_prob: float = 0.15
+    mask_seed: int = 0
 
 
 # ------------------------------------------------------------------------ trainer
@@ -233,13 +277,15 @@ class PipelineConfig:
 
 SCHEMAS: dict[str, dict[str, type]] = {
     "schema": {"train": TrainConfig, "eval": EvalConfig, "pipeline": PipelineConfig},
-    "schema/data": {"image": ImageDataConfig, "torchvision": TorchvisionDataConfig},
+    "schema/data": {"image": ImageDataConfig, "torchvision": TorchvisionDataConfig, "text": TextDataConfig},
     "schema/model": {
         "autoencoder": AutoencoderConfig,
         "simclr": SimCLRConfig,
         "classifier": ClassifierConfig,
+        "causal_lm": CausalLMConfig,
+        "masked_lm": MaskedLMConfig,
     },
-    "schema/backbone": {"cnn": CNNConfig, "mlp": MLPConfig},
+    "schema/backbone": {"cnn": CNNConfig, "mlp": MLPConfig, "transformer": TransformerConfig},
     "schema/trainer": {"trainer": TrainerConfig},
     "schema/paths": {"paths": PathsConfig},
 }

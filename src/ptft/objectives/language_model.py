@@ -1,0 +1,109 @@
+"""What the causal and the masked LM share: a Transformer backbone, an output head tied to its
+token embedding, token-weighted loss and perplexity, and the tokenizer saved with each checkpoint.
+
+A subclass only says how a batch of token blocks becomes ``(logits, labels)``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torchmetrics import MeanMetric
+
+from ptft.data.masking import IGNORE_INDEX
+from ptft.errors import ConfigError
+from ptft.module import BackboneModule
+
+
+def token_cross_entropy(logits: Tensor, labels: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """``(mean loss, number of scored tokens, number predicted right)`` over labels != -100, in fp32."""
+    flat_logits, flat_labels = logits.float().reshape(-1, logits.shape[-1]), labels.reshape(-1)
+    scored = flat_labels != IGNORE_INDEX
+    loss = F.cross_entropy(flat_logits, flat_labels, ignore_index=IGNORE_INDEX)
+    correct = ((flat_logits.argmax(-1) == flat_labels) & scored).sum()
+    return loss, scored.sum(), correct
+
+
+class LanguageModel(BackboneModule):
+    """A Transformer LM whose output layer reuses ``backbone.token_embedding.weight`` (no weight of its own)."""
+
+    #: the attention the objective needs: True for next-token prediction, False for masked LM
+    causal: ClassVar[bool]
+
+    def __init__(
+        self,
+        backbone: Mapping[str, Any],
+        input_shape: Sequence[int],
+        optimizer: Mapping[str, Any],
+        scheduler: Mapping[str, Any] | None = None,
+    ) -> None:
+        super().__init__(backbone, input_shape, optimizer, scheduler)
+        if not hasattr(self.backbone, "token_embedding"):
+            raise ConfigError(f"{type(self).__name__} needs a token backbone; use model/backbone=transformer")
+        if bool(getattr(self.backbone, "causal", self.causal)) != self.causal:
+            raise ConfigError(f"{type(self).__name__} needs model.backbone.causal={str(self.causal).lower()}")
+        embedding = self.backbone.token_embedding
+        # weight tying (Press & Wolf 2017; GPT-2): one matrix embeds tokens and scores them
+        self.lm_head = nn.Linear(embedding.embedding_dim, embedding.num_embeddings, bias=False)
+        self.lm_head.weight = embedding.weight
+        # token-weighted means over an epoch, so perplexity is exp(mean loss per token)
+        self.mean_loss = nn.ModuleDict({s: MeanMetric() for s in ("val", "test")})
+        self.mean_acc = nn.ModuleDict({s: MeanMetric() for s in ("val", "test")})
+
+    def forward(self, tokens: Tensor) -> Tensor:
+        """Logits ``(B, T, vocab)`` for ``tokens (B, T)``."""
+        return self.lm_head(self.backbone(tokens))
+
+    def logits_and_labels(self, batch: Tensor, stage: str) -> tuple[Tensor, Tensor]:
+        """The objective: a batch of ``(B, T + 1)`` token blocks → logits and labels (-100 = unscored)."""
+        raise NotImplementedError
+
+    def training_step(self, batch: Tensor, batch_idx: int) -> Tensor:
+        loss, _, _ = token_cross_entropy(*self.logits_and_labels(batch, "train"))
+        self.log("train/loss", loss, prog_bar=True)
+        return loss
+
+    def _eval_step(self, batch: Tensor, stage: str) -> None:
+        loss, count, correct = token_cross_entropy(*self.logits_and_labels(batch, stage))
+        if count > 0:
+            self.mean_loss[stage].update(loss, weight=count)
+            self.mean_acc[stage].update(correct / count, weight=count)
+
+    def _log_epoch(self, stage: str) -> None:
+        mean = self.mean_loss[stage].compute()  # synchronised across processes
+        self.log(f"{stage}/loss", mean, prog_bar=stage == "val")
+        self.log(f"{stage}/ppl", torch.exp(mean))
+        if not self.causal:
+            self.log(f"{stage}/masked_acc", self.mean_acc[stage].compute())
+        self.mean_loss[stage].reset()
+        self.mean_acc[stage].reset()
+
+    def validation_step(self, batch: Tensor, batch_idx: int) -> None:
+        self._eval_step(batch, "val")
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_epoch("val")
+
+    def test_step(self, batch: Tensor, batch_idx: int) -> None:
+        self._eval_step(batch, "test")
+
+    def on_test_epoch_end(self) -> None:
+        self._log_epoch("test")
+
+    def tokenizer_path(self) -> Path | None:
+        """The datamodule's ``tokenizer.json``, when the model is attached to one that has it."""
+        trainer = self._trainer
+        datamodule = getattr(trainer, "datamodule", None) if trainer is not None else None
+        path = getattr(datamodule, "tokenizer_path", None)
+        return Path(path) if path else None
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        super().on_save_checkpoint(checkpoint)
+        path = self.tokenizer_path()
+        if path is not None:  # a fine-tune must encode text exactly as the pretraining did
+            checkpoint["ptft_tokenizer"] = path.read_text()
