@@ -10,12 +10,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import lightning as L
 import numpy as np
 import torch
 from sklearn.model_selection import train_test_split
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import TensorDataset
 
+from ptft.data.loaders import SplitLoaders
 from ptft.errors import ConfigError
 
 
@@ -45,7 +45,7 @@ def label_subset(labels: np.ndarray, fraction: float, seed: int) -> np.ndarray:
     return stratified_split(labels, count, seed)[0]
 
 
-class ImageDataModule(L.LightningDataModule):
+class ImageDataModule(SplitLoaders):
     """Base for image data held in memory as float tensors in [0, 1]."""
 
     def __init__(
@@ -118,26 +118,6 @@ class ImageDataModule(L.LightningDataModule):
         }
 
     # -- loaders ----------------------------------------------------------------------
-    def _loader(self, split: str, train: bool) -> DataLoader:
+    def dataset(self, split: str, train: bool) -> TensorDataset:
         x, y = self.splits[split]
-        dataset = TensorDataset(x, y) if (self.with_labels or not train) else TensorDataset(x)
-        batch_size = self.batch_size if train else self.eval_batch_size
-        return DataLoader(
-            dataset,
-            batch_size=batch_size,
-            shuffle=train,
-            # a last batch of one breaks batch norm; dropping a partial batch is harmless
-            # when the data set is larger than a batch (it is reshuffled every epoch)
-            drop_last=train and len(dataset) > batch_size,
-            num_workers=self.num_workers,
-            persistent_workers=self.num_workers > 0,
-        )
-
-    def train_dataloader(self) -> DataLoader:
-        return self._loader("train", train=True)
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader("val", train=False)
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader("test", train=False)
+        return TensorDataset(x, y) if (self.with_labels or not train) else TensorDataset(x)

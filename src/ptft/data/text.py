@@ -13,9 +13,7 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
-import lightning as L
-from torch.utils.data import DataLoader
-
+from ptft.data.loaders import SplitLoaders
 from ptft.data.pydoc_corpus import SPLITS, PydocCorpus, build_corpus
 from ptft.data.token_cache import PackedBlocks, TokenFile, build_token_file
 from ptft.data.tokenizer import MIN_VOCAB_SIZE, TOKENIZER_FILE, load_tokenizer, train_tokenizer
@@ -41,7 +39,7 @@ def cached_tokenizer(cache_dir: Path, corpus: PydocCorpus, vocab_size: int, seed
     return path
 
 
-class PydocTextDataModule(L.LightningDataModule):
+class PydocTextDataModule(SplitLoaders):
     """Blocks of ``block_size + 1`` tokens of Python docstrings; train/val/test split by source file.
 
     ``with_labels`` is accepted for the run's sake and ignored: language-model pretraining
@@ -102,23 +100,5 @@ class PydocTextDataModule(L.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         self._build()
 
-    def _loader(self, split: str, train: bool) -> DataLoader:
-        dataset = PackedBlocks(self.token_files[split], self.block_size, with_next=True)
-        batch_size = self.batch_size if train else self.eval_batch_size
-        return DataLoader(
-            dataset,
-            batch_size=batch_size,
-            shuffle=train,
-            drop_last=train and len(dataset) > batch_size,
-            num_workers=self.num_workers,
-            persistent_workers=self.num_workers > 0,
-        )
-
-    def train_dataloader(self) -> DataLoader:
-        return self._loader("train", train=True)
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader("val", train=False)
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader("test", train=False)
+    def dataset(self, split: str, train: bool) -> PackedBlocks:
+        return PackedBlocks(self.token_files[split], self.block_size, with_next=True)
