@@ -210,21 +210,40 @@ def test_second_build_reads_the_cache_and_manifest_records_version_and_hash(fake
 
 def test_package_labels_are_the_k_most_frequent_eligible_packages(tmp_path):
     root = tmp_path / "lib"
-    counts = {"alpha": 5, "beta": 4, "gamma": 3, "delta": 3, "epsilon": 1, "distutils": 9, "tomllib": 8}
+    counts = {"alpha": 5, "beta": 4, "gamma": 3, "delta": 3, "distutils": 9, "tomllib": 8}
     for package, n in counts.items():
-        # one module docstring plus n - 1 function docstrings per package
-        write(root, f"{package}/__init__.py", doc_module(f"{package}.", {f"f{j}": f"{package} {j}." for j in range(n - 1)}))
-    corpus = pc.build_corpus(tmp_path / "cache", root=root, val_fraction=0.0, test_fraction=0.0)
+        # three files (one per split), each with one module docstring and n - 1 function docstrings
+        for module in ("__init__", "one", "two"):
+            doc = doc_module(f"{package}.", {f"f{j}": f"{package} {module} {j}." for j in range(n - 1)})
+            write(root, f"{package}/{module}.py", doc)
+    # the most frequent of all, but a single file: it can never be in every split
+    write(root, "epsilon.py", doc_module("epsilon.", {f"f{j}": f"epsilon {j}." for j in range(20)}))
+    corpus = pc.build_corpus(tmp_path / "cache", root=root, val_fraction=0.2, test_fraction=0.2)
 
     examples, labels = pc.package_task(corpus, k=3)
-    # distutils and tomllib are the most frequent but excluded; delta beats gamma on the name tie
+    # distutils and tomllib are frequent but version-dependent; delta beats gamma on the name tie
     assert labels == ["alpha", "beta", "delta"]
-    assert Counter(labels[y] for _, y in examples["train"]) == {"alpha": 5, "beta": 4, "delta": 3}
+    for split in pc.SPLITS:
+        assert Counter(labels[y] for _, y in examples[split]) == {"alpha": 5, "beta": 4, "delta": 3}
     for text, y in examples["train"]:
         assert text.startswith(labels[y])
     assert pc.package_task(corpus, k=4)[1] == ["alpha", "beta", "delta", "gamma"]
     with pytest.raises(ConfigError, match="lower k"):
-        pc.package_task(corpus, k=6)
+        pc.package_task(corpus, k=5)
+
+
+def test_packages_of_three_or_more_files_have_files_in_every_split(tmp_path):
+    paths = [f"pkg{p}/mod{i}.py" for p in range(30) for i in range(3 + p % 7)] + [f"single{i}.py" for i in range(500)]
+    splits = pc.assign_splits(paths, seed=0, val_fraction=0.05, test_fraction=0.05)
+    assert set(splits) == set(paths)
+    for p in range(30):
+        files = [f for f in paths if f.startswith(f"pkg{p}/")]
+        assert {splits[f] for f in files} == set(pc.SPLITS), p
+    # single files keep the plain hash rule, so the fractions hold for them
+    singles = Counter(splits[f"single{i}.py"] for i in range(500))
+    assert singles == Counter(pc.split_of(f"single{i}.py", 0, 0.05, 0.05) for i in range(500))
+    assert pc.assign_splits(reversed(paths), 0, 0.05, 0.05) == splits  # order does not matter
+    assert pc.assign_splits(paths, 1, 0.05, 0.05) != splits
 
 
 def test_package_labels_are_counted_on_the_training_split(fake_stdlib, tmp_path):

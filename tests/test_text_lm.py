@@ -10,6 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from ptft.callbacks.run_record import RunRecord
 from ptft.data.masking import IGNORE_INDEX, mask_tokens
 from ptft.data.text import PydocTextDataModule
 from ptft.errors import ConfigError
@@ -60,7 +61,7 @@ def gpt_run(cache_dir, tmp_path_factory):
     torch.manual_seed(0)
     model = build_model(plain(cfg.model))
     datamodule = build_datamodule(plain(cfg.data), supervised=False)
-    trainer = build_trainer(cfg)
+    trainer = build_trainer(cfg, [RunRecord({}, out)])
     trainer.fit(model, datamodule=datamodule)
     return model, datamodule, trainer, out
 

@@ -56,6 +56,61 @@ class TextDataConfig:
     split_seed: int = 0
     val_fraction: float = 0.05
     test_fraction: float = 0.05
+    tokenizer: str | None = None
+
+
+@dataclass
+class TextFilesDataConfig(TextDataConfig):
+    """The user's ``.txt`` files as packed token blocks (``ptft.data.text_files``)."""
+
+    _target_: str = "ptft.data.text_files.TextFilesDataModule"
+    files: str = MISSING
+    split_paragraphs: bool = False
+
+
+@dataclass
+class HFTextDataConfig(TextDataConfig):
+    """A Hugging Face ``datasets`` text column as packed token blocks (``ptft.data.hf_text``)."""
+
+    _target_: str = "ptft.data.hf_text.HFTextDataModule"
+    path: str = MISSING
+    name: str | None = None
+    data_files: Any = None  # a path, a list of paths, or {split: path(s)}
+    text_column: str = "text"
+    splits: dict[str, str] = field(
+        default_factory=lambda: {"train": "train", "val": "validation", "test": "test"}
+    )
+
+
+@dataclass
+class LabelledTextDataConfig:
+    """The labelled docstring tasks (``ptft.data.pydoc_tasks``): shared keys."""
+
+    _target_: str = MISSING
+    cache_dir: str = MISSING
+    input_shape: list[int] = MISSING
+    vocab_size: int = 8192
+    max_length: int = 128
+    tokenizer: str | None = None
+    batch_size: int = 32
+    eval_batch_size: int = 128
+    num_workers: int = 0
+    split_seed: int = 0
+    val_fraction: float = 0.05
+    test_fraction: float = 0.05
+    label_fraction: float = 1.0
+    subset_seed: int = 0
+
+
+@dataclass
+class PydocPackageDataConfig(LabelledTextDataConfig):
+    _target_: str = "ptft.data.pydoc_tasks.PydocPackageDataModule"
+    num_classes: int = 10
+
+
+@dataclass
+class PydocNamesDataConfig(LabelledTextDataConfig):
+    _target_: str = "ptft.data.pydoc_tasks.PydocNamesDataModule"
 
 
 # -------------------------------------------------------------------------- model
@@ -164,6 +219,20 @@ class ClassifierConfig(ModelConfig):
 
 
 @dataclass
+class SequenceClassifierConfig(ModelConfig):
+    num_classes: int = MISSING
+    finetune: str = "full"
+    pooling: str = "auto"
+    head_dropout: float = 0.1
+    label_smoothing: float = 0.0
+
+
+@dataclass
+class SequenceGeneratorConfig(ModelConfig):
+    max_new_tokens: int = 24
+
+
+@dataclass
 class CausalLMConfig(ModelConfig):
     sample_prompts: list[str] = field(default_factory=lambda: ["Return the", "This module"])
     sample_tokens: int = 32
@@ -253,32 +322,72 @@ class EvalConfig:
 
 
 @dataclass
+class GenerateConfig:
+    """``generate.yaml``: ``ptft-generate ckpt_path=… prompt=…`` continues text with a causal LM."""
+
+    task_name: str = "generate"
+    ckpt_path: str = MISSING
+    prompt: str | None = None
+    prompts: list[str] = field(default_factory=list)
+    max_new_tokens: int = 64
+    temperature: float = 0.0
+    top_k: int | None = None
+    top_p: float | None = None
+    num_samples: int = 1
+    seed: int = 42
+    device: str = "cpu"
+    paths: PathsConfig = field(default_factory=PathsConfig)
+
+
+@dataclass
 class PipelineStage:
     overrides: list[str] = field(default_factory=list)
 
 
 @dataclass
+class StudyTask:
+    """One fine-tuning task of the study (``tasks.<name>``): a ``ptft-train`` config given as
+    overrides, run with every method at every label fraction and seed."""
+
+    overrides: list[str] = field(default_factory=list)
+    # scratch | linear_probe | finetune | svc (images only)
+    methods: list[str] = field(default_factory=lambda: ["scratch", "linear_probe", "finetune"])
+    # extra overrides per method; how a method freezes or steps is the task's business
+    method_overrides: dict[str, list[str]] = field(default_factory=dict)
+    label_fractions: list[float] = field(default_factory=lambda: [1.0])
+    # logged metrics to report; the first is the headline (table and plot)
+    metrics: list[str] = field(default_factory=lambda: ["test/acc"])
+    seeds: int = 1
+    # fractions up to small_fraction get small_fraction_seeds seeds (null: as many as seeds)
+    small_fraction: float = 0.0
+    small_fraction_seeds: int | None = None
+
+
+@dataclass
 class PipelineConfig:
-    """``pipeline.yaml``: pretrain once, then fine-tune per label fraction, method and seed."""
+    """``pipeline.yaml``: pretrain once, then fine-tune every task per label fraction, method and seed."""
 
     task_name: str = "pipeline"
     pretrained: str | None = None
     pretrain: PipelineStage = field(default_factory=PipelineStage)
-    finetune: PipelineStage = field(default_factory=PipelineStage)
-    method_overrides: dict[str, list[str]] = field(default_factory=dict)
-    label_fractions: list[float] = field(default_factory=lambda: [0.01, 0.05, 0.1, 1.0])
-    methods: list[str] = field(default_factory=lambda: ["scratch", "linear_probe", "finetune", "svc"])
-    seeds: int = 3
-    small_fraction: float = 0.02
-    small_fraction_seeds: int = 5
+    tasks: dict[str, StudyTask] = field(default_factory=dict)
     svc: dict[str, Any] = field(default_factory=lambda: {"C": 10.0, "gamma": "scale"})
     paths: PathsConfig = field(default_factory=PathsConfig)
 
 
 SCHEMAS: dict[str, dict[str, type]] = {
-    "schema": {"train": TrainConfig, "eval": EvalConfig, "pipeline": PipelineConfig},
-    "schema/data": {"image": ImageDataConfig, "torchvision": TorchvisionDataConfig, "text": TextDataConfig},
+    "schema": {
+        "train": TrainConfig,
+        "eval": EvalConfig,
+        "pipeline": PipelineConfig,
+        "generate": GenerateConfig,
+    },
+    "schema/data": {"image": ImageDataConfig, "torchvision": TorchvisionDataConfig, "text": TextDataConfig,
+                    "text_files": TextFilesDataConfig, "hf_text": HFTextDataConfig,
+                    "pydoc_package": PydocPackageDataConfig, "pydoc_names": PydocNamesDataConfig},
     "schema/model": {
+        "sequence_classifier": SequenceClassifierConfig,
+        "sequence_generator": SequenceGeneratorConfig,
         "autoencoder": AutoencoderConfig,
         "simclr": SimCLRConfig,
         "classifier": ClassifierConfig,

@@ -12,6 +12,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from ptft.errors import ConfigError
+from ptft.handoff import with_tokenizer
 from ptft.nn.backbone import locate
 from ptft.run import build_datamodule, build_loggers, metrics_of, plain
 
@@ -19,7 +20,8 @@ log = logging.getLogger(__name__)
 
 
 def load_run(path: str | Path) -> tuple[L.LightningModule, dict]:
-    """The module saved in ``path`` (weights loaded) and the run record written with it."""
+    """The module saved in ``path`` (weights loaded) and the run record written with it,
+    plus the checkpoint's tokenizer JSON under ``"tokenizer"`` (None without one)."""
     file = Path(path)
     if not file.is_file():
         raise ConfigError(f"ckpt_path={path}: no such checkpoint file")
@@ -33,13 +35,16 @@ def load_run(path: str | Path) -> tuple[L.LightningModule, dict]:
     cls = locate(backbone["module"])
     module = cls(**checkpoint["hyper_parameters"])
     module.load_state_dict(checkpoint["state_dict"])
-    return module, record
+    return module, {**record, "tokenizer": checkpoint.get("ptft_tokenizer")}
 
 
 def evaluate(cfg: DictConfig) -> dict[str, float]:
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     module, record = load_run(cfg.ckpt_path)
+    tokenizer = record.get("tokenizer")
     data_cfg = plain(cfg.data) if cfg.get("data") else record["data"]
+    if tokenizer is not None:  # the run directory the record names may have moved
+        data_cfg = with_tokenizer(data_cfg, tokenizer, Path(cfg.paths.output_dir), f"ckpt_path={cfg.ckpt_path}")
     datamodule = build_datamodule(data_cfg, supervised=type(module).supervised)
     trainer = instantiate(cfg.trainer, logger=build_loggers(cfg) or False, callbacks=[])
     trainer.test(module, datamodule=datamodule, verbose=False)

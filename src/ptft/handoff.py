@@ -8,13 +8,16 @@ clear error, never a silent partial load. This is not a resume (``ckpt_path=``).
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from ptft.data.tokenizer import TOKENIZER_FILE
 from ptft.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -31,6 +34,8 @@ class Pretrained:
     input_shape: list[int]
     weights: dict[str, torch.Tensor]
     skipped: list[str] = field(default_factory=list)
+    #: the ``tokenizer.json`` text the backbone was trained with (text backbones only)
+    tokenizer: str | None = None
 
 
 def resolve_checkpoint(path: str | Path) -> Path:
@@ -68,7 +73,34 @@ def read_pretrained(path: str | Path) -> Pretrained:
             "pass a checkpoint written by a ptft run"
         )
     skipped = sorted(k for k in state if not k.startswith(PREFIX))
-    return Pretrained(file, dict(record["config"]), list(record["input_shape"]), weights, skipped)
+    tokenizer = checkpoint.get("ptft_tokenizer")
+    return Pretrained(file, dict(record["config"]), list(record["input_shape"]), weights, skipped,
+                      tokenizer if isinstance(tokenizer, str) else None)
+
+
+def with_tokenizer(data_cfg: dict[str, Any], tokenizer_json: str, directory: Path, source: str) -> dict[str, Any]:
+    """The data config, set to encode text with ``tokenizer_json`` (saved as ``directory/tokenizer.json``).
+
+    Data without a ``tokenizer`` key (images) is returned unchanged. A ``data.tokenizer`` the
+    user set that differs from the checkpoint's is refused: token ids would mean other words.
+    """
+    if "tokenizer" not in data_cfg:
+        return data_cfg
+    given = data_cfg.get("tokenizer")
+    if given:
+        path = Path(given).expanduser()
+        if path.is_file() and json.loads(path.read_text()) != json.loads(tokenizer_json):
+            raise ConfigError(
+                f"data.tokenizer={given} is not the tokenizer {source} was trained with; "
+                "drop data.tokenizer to use the checkpoint's"
+            )
+    directory.mkdir(parents=True, exist_ok=True)
+    target = directory / TOKENIZER_FILE
+    tmp = target.with_name(f"{target.name}.{os.getpid()}.tmp")
+    tmp.write_text(tokenizer_json)
+    os.replace(tmp, target)  # another rank may be writing the same file
+    log.info("text is encoded with the tokenizer of %s (saved to %s)", source, target)
+    return {**data_cfg, "tokenizer": str(target)}
 
 
 def load_backbone(module: torch.nn.Module, pretrained: Pretrained) -> dict[str, int]:

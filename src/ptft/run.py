@@ -22,7 +22,7 @@ from omegaconf import DictConfig, OmegaConf
 from ptft.callbacks.process_group import ProcessGroupCleanup
 from ptft.callbacks.run_record import RunRecord
 from ptft.errors import ConfigError
-from ptft.handoff import load_backbone, read_pretrained
+from ptft.handoff import Pretrained, load_backbone, read_pretrained, with_tokenizer
 from ptft.module import BackboneModule
 from ptft.nn.backbone import locate
 
@@ -55,22 +55,26 @@ def plain(cfg: Any) -> Any:
     return OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else cfg
 
 
-def build_model(model_cfg: Mapping[str, Any]) -> BackboneModule:
-    """Instantiate the model; with ``pretrained`` set, take the backbone from that checkpoint."""
+def build_model(model_cfg: Mapping[str, Any], pretrained: Pretrained | None = None) -> BackboneModule:
+    """Instantiate the model; with ``pretrained`` (read from ``model.pretrained`` when not
+    given), take the backbone's architecture and weights from that checkpoint."""
     kwargs = dict(model_cfg)
     pretrained_path = kwargs.get("pretrained")
     for key in RUN_KEYS:
         kwargs.pop(key, None)
     cls = locate(kwargs.pop("_target_"))
-    pretrained = None
-    if pretrained_path:
+    if pretrained is None and pretrained_path:
         pretrained = read_pretrained(pretrained_path)
-        if pretrained.config != kwargs.get("backbone"):
-            log.info("backbone architecture from %s: %s (model.backbone is ignored)", pretrained.path, pretrained.config)
-        kwargs["backbone"] = pretrained.config
-    model = cls(**kwargs)
-    if pretrained is not None:
-        load_backbone(model, pretrained)
+    if pretrained is None:
+        return cls(**kwargs)
+    if pretrained.config != kwargs.get("backbone"):
+        log.info("backbone architecture from %s: %s (model.backbone is ignored)", pretrained.path, pretrained.config)
+    kwargs["backbone"] = pretrained.config
+    try:
+        model = cls(**kwargs)
+    except (ConfigError, ValueError) as err:  # the architecture came from the checkpoint: say so
+        raise ConfigError(f"model.pretrained={pretrained.path}: {err}") from err
+    load_backbone(model, pretrained)
     return model
 
 
@@ -109,10 +113,15 @@ def train(cfg: DictConfig) -> dict[str, float]:
     if cfg.get("ckpt_path") and not Path(cfg.ckpt_path).is_file():
         raise ConfigError(f"ckpt_path={cfg.ckpt_path}: no such checkpoint file; pass the .ckpt to resume from")
     model_cfg, data_cfg = plain(cfg.model), plain(cfg.data)
-    model = build_model(model_cfg)
+    output_dir = Path(cfg.paths.output_dir)
+    pretrained = read_pretrained(model_cfg["pretrained"]) if model_cfg.get("pretrained") else None
+    if pretrained is not None and pretrained.tokenizer is not None:
+        # fine-tuning reads text exactly as the backbone was pretrained on it
+        data_cfg = with_tokenizer(data_cfg, pretrained.tokenizer, output_dir, f"model.pretrained={pretrained.path}")
+    model = build_model(model_cfg, pretrained)
     datamodule = build_datamodule(data_cfg, supervised=type(model).supervised)
     record = {"data": data_cfg, "model": model_cfg, "seed": cfg.get("seed"), "task_name": cfg.get("task_name")}
-    trainer = build_trainer(cfg, [RunRecord(record), ProcessGroupCleanup()])
+    trainer = build_trainer(cfg, [RunRecord(record, output_dir), ProcessGroupCleanup()])
 
     metrics: dict[str, float] = {}
     if cfg.get("train", True):

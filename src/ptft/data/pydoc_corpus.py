@@ -171,13 +171,46 @@ def split_of(path: str, seed: int, val_fraction: float, test_fraction: float) ->
     A file's split depends on nothing else (not on the other files, not on the machine),
     so it is stable across runs, machines and Python versions that share the file.
     """
-    digest = hashlib.sha256(f"{seed}:{path}".encode()).digest()
-    u = int.from_bytes(digest[:8], "big") / 2**64  # uniform in [0, 1)
+    u = _unit_hash(seed, path)
     if u < test_fraction:
         return "test"
     if u < test_fraction + val_fraction:
         return "val"
     return "train"
+
+
+#: a package with at least this many source files has files in every split (see assign_splits)
+MIN_FILES_PER_SPLIT_PACKAGE = 3
+
+
+def _unit_hash(seed: int, path: str) -> float:
+    digest = hashlib.sha256(f"{seed}:{path}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64  # uniform in [0, 1)
+
+
+def assign_splits(paths: Iterable[str], seed: int, val_fraction: float, test_fraction: float) -> dict[str, str]:
+    """The split of every source file: whole files, stratified by top-level package.
+
+    A package of at least ``MIN_FILES_PER_SPLIT_PACKAGE`` files sends its files with the lowest
+    seeded hashes to test, the next to val (its share of each, rounded, at least one file when
+    that fraction is non-zero), so every such package can be evaluated on files never trained
+    on; a single-file module or a smaller package follows :func:`split_of`. A file's split
+    depends only on the seed and its package's file list.
+    """
+    by_package: dict[str, list[str]] = {}
+    for path in sorted(set(paths)):
+        by_package.setdefault(package_of(path), []).append(path)
+    splits: dict[str, str] = {}
+    for files in by_package.values():
+        if len(files) < MIN_FILES_PER_SPLIT_PACKAGE:
+            splits.update((f, split_of(f, seed, val_fraction, test_fraction)) for f in files)
+            continue
+        ranked = sorted(files, key=lambda f: _unit_hash(seed, f))
+        n_test = max(round(len(files) * test_fraction), 1) if test_fraction > 0 else 0
+        n_val = max(round(len(files) * val_fraction), 1) if val_fraction > 0 else 0
+        for i, f in enumerate(ranked):
+            splits[f] = "test" if i < n_test else "val" if i < n_test + n_val else "train"
+    return splits
 
 
 def texts_hash(texts: Iterable[str]) -> str:
@@ -276,9 +309,10 @@ def build_corpus(
             "with a sum below 1; lower them"
         )
     records, stored = load_records(cache_dir, root)
+    assignment = assign_splits((r.path for r in records), seed, val_fraction, test_fraction)
     splits: dict[str, list[DocRecord]] = {name: [] for name in SPLITS}
     for r in records:
-        splits[split_of(r.path, seed, val_fraction, test_fraction)].append(r)
+        splits[assignment[r.path]].append(r)
     manifest = {
         **stored,
         "seed": seed,
@@ -305,16 +339,21 @@ def package_labels(
 ) -> list[str]:
     """The ``k`` packages with the most training docstrings, most frequent first.
 
-    Counted on the training split only, so every label has training examples and the choice
-    does not look at val/test; ties are broken by name so the list is deterministic.
+    Among the packages with docstrings in every split, counted on the training split (so the
+    ranking does not look at val/test sizes); ties are broken by name so the list is
+    deterministic.
     """
     if k < 2:
         raise ConfigError(f"the package task needs k >= 2 classes, got k={k}")
     excluded = set(exclude)
-    counts = Counter(r.package for r in corpus.splits["train"] if r.package not in excluded)
+    # a label must be testable: only packages with docstrings in every split (whole files
+    # per split, so a single-file module such as os.py never qualifies)
+    present = [{r.package for r in corpus.splits[s]} for s in SPLITS]
+    eligible = set.intersection(*present) - excluded
+    counts = Counter(r.package for r in corpus.splits["train"] if r.package in eligible)
     if len(counts) < k:
         raise ConfigError(
-            f"the training split has only {len(counts)} eligible packages, fewer than k={k}; lower k"
+            f"only {len(counts)} packages have docstrings in every split, fewer than k={k}; lower k"
         )
     ranked = sorted(counts.items(), key=lambda item: (-item[1], item[0]))
     return [name for name, _ in ranked[:k]]

@@ -1,47 +1,110 @@
-"""Packed token blocks of the standard-library docstring corpus, for language-model pretraining.
+"""Packed token blocks for language-model pretraining, from any source of split texts.
 
-The corpus, the tokenizer and the token files are built once and cached under ``cache_dir``:
-the tokenizer is trained on the training split only, in a directory keyed by the training
-texts' hash, the vocabulary size and the split seed, so later runs (and other ranks) reuse it.
-Every batch is ``(B, block_size + 1)`` token ids: a causal LM reads ``x = item[:-1]``,
-``y = item[1:]``; a masked LM reads ``item[:-1]`` (one data layout serves both objectives).
+``TokenBlocksDataModule`` holds what every text source shares: the tokenizer (trained on
+the training split, or given as ``tokenizer.json``), the token files and the loaders. A
+source subclass only says what its train/val/test documents are (``load_splits``); the
+standard-library docstrings (``PydocTextDataModule``, here), the user's text files
+(``ptft.data.text_files``) and Hugging Face data sets (``ptft.data.hf_text``) all serve the
+same batches.
+
+The tokenizer and the token files are built once and cached under ``cache_dir``: a trained
+tokenizer lives in a directory keyed by the training texts' hash, the vocabulary size and
+the split seed, so later runs (and other ranks) reuse it. Every batch is
+``(B, block_size + 1)`` token ids: a causal LM reads ``x = item[:-1]``, ``y = item[1:]``; a
+masked LM reads ``item[:-1]`` (one data layout serves both objectives).
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 from collections.abc import Sequence
 from pathlib import Path
 
+from tokenizers import Tokenizer
+
 from ptft.data.loaders import SplitLoaders
-from ptft.data.pydoc_corpus import SPLITS, PydocCorpus, build_corpus
+from ptft.data.pydoc_corpus import SPLITS, PydocCorpus, build_corpus, texts_hash
 from ptft.data.token_cache import PackedBlocks, TokenFile, build_token_file
-from ptft.data.tokenizer import MIN_VOCAB_SIZE, TOKENIZER_FILE, load_tokenizer, train_tokenizer
+from ptft.data.tokenizer import (
+    MIN_VOCAB_SIZE,
+    TOKENIZER_FILE,
+    check_special_ids,
+    load_tokenizer,
+    train_tokenizer,
+)
 from ptft.errors import ConfigError
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)  # a concurrent reader (another rank) never sees a partial file
+
+
+def _trained_dir(cache_dir: Path, train_hash: str, vocab_size: int, seed: int) -> Path:
+    return cache_dir / f"tokenizer-{train_hash[:16]}-v{vocab_size}-s{seed}"
+
+
+def trained_tokenizer(cache_dir: Path, train_texts: Sequence[str], vocab_size: int, seed: int) -> Path:
+    """Path of a ``tokenizer.json`` trained on ``train_texts``, trained and saved if missing."""
+    path = _trained_dir(cache_dir, texts_hash(train_texts), vocab_size, seed) / TOKENIZER_FILE
+    if not path.is_file():
+        tokenizer = train_tokenizer(train_texts, vocab_size)
+        _write_atomic(path, tokenizer.to_str(pretty=True).encode())  # as Tokenizer.save writes it
+    return path
 
 
 def tokenizer_dir(cache_dir: Path, corpus: PydocCorpus, vocab_size: int, seed: int) -> Path:
     """Where the tokenizer of this training split, vocabulary size and split seed is cached."""
-    train_hash = corpus.manifest["splits"]["train"]["texts_hash"][:16]
-    return cache_dir / f"tokenizer-{train_hash}-v{vocab_size}-s{seed}"
+    return _trained_dir(cache_dir, corpus.manifest["splits"]["train"]["texts_hash"], vocab_size, seed)
 
 
 def cached_tokenizer(cache_dir: Path, corpus: PydocCorpus, vocab_size: int, seed: int) -> Path:
     """Path of ``tokenizer.json`` for the corpus' training split, trained and saved if missing."""
-    directory = tokenizer_dir(cache_dir, corpus, vocab_size, seed)
-    path = directory / TOKENIZER_FILE
-    if not path.is_file():
-        tokenizer = train_tokenizer(corpus.texts("train"), vocab_size)
-        directory.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-        tokenizer.save(str(tmp))
-        os.replace(tmp, path)  # a concurrent reader never sees a partial file
-    return path
+    return trained_tokenizer(cache_dir, corpus.texts("train"), vocab_size, seed)
 
 
-class PydocTextDataModule(SplitLoaders):
-    """Blocks of ``block_size + 1`` tokens of Python docstrings; train/val/test split by source file.
+def given_tokenizer(cache_dir: Path, path: str | Path, vocab_size: int) -> Path:
+    """A copy, under ``cache_dir``, of the user's ``tokenizer.json`` (``data.tokenizer``), checked.
 
+    Token files are written next to their tokenizer; the copy keeps them out of the folder
+    the tokenizer came from (a pretraining run, perhaps read-only). The copy is keyed by
+    the file's bytes, so an edited tokenizer never reuses stale token files.
+    """
+    source = Path(path).expanduser()
+    if source.is_dir():
+        source = source / TOKENIZER_FILE
+    if not source.is_file():
+        raise ConfigError(
+            f"data.tokenizer={path}: no such file; pass the path of a tokenizer.json "
+            "or data.tokenizer=null to train one on the training split"
+        )
+    data = source.read_bytes()
+    try:
+        tokenizer = Tokenizer.from_str(data.decode())
+    except Exception as e:  # the Rust parser raises a bare Exception
+        first_line = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise ConfigError(f"data.tokenizer={path} is not a tokenizers JSON file ({first_line}); fix the path") from e
+    check_special_ids(tokenizer, source=f"data.tokenizer={path}")
+    size = tokenizer.get_vocab_size()
+    if size > vocab_size:
+        raise ConfigError(
+            f"data.tokenizer={path} has {size} tokens, more than data.vocab_size={vocab_size}; "
+            f"raise data.vocab_size to at least {size}"
+        )
+    copy = cache_dir / f"tokenizer-given-{hashlib.sha256(data).hexdigest()[:16]}" / TOKENIZER_FILE
+    if not (copy.is_file() and copy.read_bytes() == data):
+        _write_atomic(copy, data)
+    return copy
+
+
+class TokenBlocksDataModule(SplitLoaders):
+    """Blocks of ``block_size + 1`` tokens of the texts a subclass supplies in ``load_splits``.
+
+    ``tokenizer`` is the path of a ``tokenizer.json`` to use as is (a fine-tune must encode
+    text as its pretraining did); without it one is trained on the training split.
     ``with_labels`` is accepted for the run's sake and ignored: language-model pretraining
     has no labels, every split yields token blocks only.
     """
@@ -58,6 +121,7 @@ class PydocTextDataModule(SplitLoaders):
         split_seed: int = 0,
         val_fraction: float = 0.05,
         test_fraction: float = 0.05,
+        tokenizer: str | None = None,
         with_labels: bool = False,
     ) -> None:
         super().__init__()
@@ -67,7 +131,12 @@ class PydocTextDataModule(SplitLoaders):
             raise ConfigError(f"data.vocab_size={vocab_size} is too small; use data.vocab_size>={MIN_VOCAB_SIZE}")
         if block_size < 1 or batch_size < 1 or eval_batch_size < 1:
             raise ConfigError("data.block_size, data.batch_size and data.eval_batch_size must be at least 1")
-        self.cache_dir = Path(cache_dir)
+        if not (0.0 <= val_fraction < 1.0 and 0.0 <= test_fraction < 1.0 and val_fraction + test_fraction < 1.0):
+            raise ConfigError(
+                f"data.val_fraction={val_fraction} and data.test_fraction={test_fraction} must be in [0, 1) "
+                "with a sum below 1; lower them"
+            )
+        self.cache_dir = Path(cache_dir).expanduser()
         self.input_shape = (block_size,)
         self.vocab_size = vocab_size
         self.block_size = block_size
@@ -77,22 +146,31 @@ class PydocTextDataModule(SplitLoaders):
         self.split_seed = split_seed
         self.val_fraction = val_fraction
         self.test_fraction = test_fraction
+        self.tokenizer = tokenizer
         self.tokenizer_path: Path | None = None
         self.token_files: dict[str, TokenFile] = {}
         self.manifest: dict = {}
 
+    def load_splits(self) -> tuple[dict[str, list[str]], dict]:
+        """The documents of each split (``SPLITS`` keys) and a manifest describing them."""
+        raise NotImplementedError
+
     def _build(self) -> None:
-        """Corpus, tokenizer and token files: read from the cache, or built and cached."""
+        """Texts, tokenizer and token files: read from the cache, or built and cached."""
         if self.token_files:
             return
-        corpus = build_corpus(self.cache_dir, seed=self.split_seed, val_fraction=self.val_fraction,
-                              test_fraction=self.test_fraction)
-        path = cached_tokenizer(self.cache_dir, corpus, self.vocab_size, self.split_seed)
-        size = load_tokenizer(path).get_vocab_size()
-        if size > self.vocab_size:
-            raise ConfigError(f"{path} has {size} tokens, more than data.vocab_size={self.vocab_size}; delete it")
-        self.token_files = {split: build_token_file(path, corpus.texts(split), split) for split in SPLITS}
-        self.tokenizer_path, self.manifest = path, corpus.manifest
+        # a given tokenizer is checked first: a wrong path fails before the data is read
+        given = given_tokenizer(self.cache_dir, self.tokenizer, self.vocab_size) if self.tokenizer else None
+        texts, manifest = self.load_splits()
+        if given is not None:
+            path = given
+        else:
+            path = trained_tokenizer(self.cache_dir, texts["train"], self.vocab_size, self.split_seed)
+            size = load_tokenizer(path).get_vocab_size()
+            if size > self.vocab_size:
+                raise ConfigError(f"{path} has {size} tokens, more than data.vocab_size={self.vocab_size}; delete it")
+        self.token_files = {split: build_token_file(path, texts[split], split) for split in SPLITS}
+        self.tokenizer_path, self.manifest = path, manifest
 
     def prepare_data(self) -> None:
         self._build()  # rank 0 only: later ranks read the cache in setup
@@ -102,3 +180,33 @@ class PydocTextDataModule(SplitLoaders):
 
     def dataset(self, split: str, train: bool) -> PackedBlocks:
         return PackedBlocks(self.token_files[split], self.block_size, with_next=True)
+
+
+class PydocTextDataModule(TokenBlocksDataModule):
+    """Blocks of ``block_size + 1`` tokens of Python docstrings; train/val/test split by source file."""
+
+    def __init__(
+        self,
+        cache_dir: str,
+        input_shape: Sequence[int],
+        vocab_size: int = 8192,
+        block_size: int = 128,
+        batch_size: int = 32,
+        eval_batch_size: int = 64,
+        num_workers: int = 0,
+        split_seed: int = 0,
+        val_fraction: float = 0.05,
+        test_fraction: float = 0.05,
+        tokenizer: str | None = None,
+        with_labels: bool = False,
+    ) -> None:
+        super().__init__(
+            cache_dir, input_shape, vocab_size=vocab_size, block_size=block_size, batch_size=batch_size,
+            eval_batch_size=eval_batch_size, num_workers=num_workers, split_seed=split_seed,
+            val_fraction=val_fraction, test_fraction=test_fraction, tokenizer=tokenizer, with_labels=with_labels,
+        )
+
+    def load_splits(self) -> tuple[dict[str, list[str]], dict]:
+        corpus = build_corpus(self.cache_dir, seed=self.split_seed, val_fraction=self.val_fraction,
+                              test_fraction=self.test_fraction)
+        return {split: corpus.texts(split) for split in SPLITS}, corpus.manifest

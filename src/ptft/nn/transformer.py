@@ -83,7 +83,7 @@ class Transformer(Backbone):
         if len(input_shape) != 1 or not 1 <= input_shape[0] <= max_positions:
             raise ValueError(
                 f"transformer backbone needs token inputs of shape (T,) with 1 <= T <= max_positions="
-                f"{max_positions}, got input_shape={list(input_shape)}"
+                f"{max_positions}, got input_shape={list(input_shape)} (the data's sequence length: shorten it)"
             )
         if positions not in POSITIONS:
             raise ValueError(f"positions={positions!r}; choose one of {', '.join(POSITIONS)}")

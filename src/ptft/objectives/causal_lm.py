@@ -1,7 +1,7 @@
 """GPT-style causal language modelling: predict every next token of a block (Radford et al. 2019).
 
-Each validation also writes a few greedy continuations to TensorBoard, decoded with the
-datamodule's tokenizer, so a run shows what the model has learnt, not only its perplexity.
+Each validation also writes a few greedy continuations (up to ``<eos>``) to TensorBoard,
+decoded with the datamodule's tokenizer, so a run shows what the model has learnt, not only its perplexity.
 """
 
 from __future__ import annotations
@@ -9,28 +9,17 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-import torch
+from tokenizers import Tokenizer
 from torch import Tensor
 
 from ptft.data.tokenizer import EOS_ID, load_tokenizer
+from ptft.generation import generate
 from ptft.objectives.language_model import LanguageModel
 
 
-@torch.no_grad()
 def greedy_generate(model: LanguageModel, prompt: Sequence[int], num_tokens: int) -> list[int]:
-    """The ``num_tokens`` most likely next tokens after ``prompt``, one at a time with the kv cache."""
-    max_positions = model.backbone.max_positions
-    tokens = torch.tensor([list(prompt)[-max_positions:]], device=model.device)
-    features, cache = model.backbone(tokens, return_cache=True)
-    generated: list[int] = []
-    for _ in range(num_tokens):
-        next_id = int(model.lm_head(features[:, -1]).argmax(-1))
-        generated.append(next_id)
-        if len(generated) == num_tokens or cache[0][0].shape[2] >= max_positions:
-            break
-        features, cache = model.backbone(torch.tensor([[next_id]], device=model.device), kv_cache=cache,
-                                         return_cache=True)
-    return generated
+    """The ``num_tokens`` most likely next tokens after ``prompt`` (no stop id)."""
+    return generate(model, [list(prompt)], num_tokens)[0]
 
 
 class CausalLM(LanguageModel):
@@ -55,6 +44,16 @@ class CausalLM(LanguageModel):
     def logits_and_labels(self, batch: Tensor, stage: str) -> tuple[Tensor, Tensor]:
         return self(batch[:, :-1]), batch[:, 1:]
 
+    def prompt_ids(self, tokenizer: Tokenizer, text: str) -> list[int]:
+        """The token ids that start a generation from ``text``: documents follow an ``<eos>``
+        in the pretraining token stream, so the prompt opens a new document."""
+        return [EOS_ID, *tokenizer.encode(text, add_special_tokens=False).ids]
+
+    @property
+    def stop_ids(self) -> tuple[int, ...]:
+        """Ids that end a generation: ``<eos>`` closes the document."""
+        return (EOS_ID,)
+
     def on_validation_epoch_end(self) -> None:
         super().on_validation_epoch_end()
         if self.trainer.sanity_checking or not self.trainer.is_global_zero:
@@ -64,9 +63,9 @@ class CausalLM(LanguageModel):
         if not writers or path is None or not self.sample_prompts or self.sample_tokens < 1:
             return
         tokenizer = load_tokenizer(path)
-        for i, prompt in enumerate(self.sample_prompts):
-            # documents follow an <eos> in the token stream, so the prompt starts a docstring
-            ids = [EOS_ID, *tokenizer.encode(prompt, add_special_tokens=False).ids]
-            text = prompt + tokenizer.decode(greedy_generate(self, ids, self.sample_tokens), skip_special_tokens=False)
+        prompts = [self.prompt_ids(tokenizer, text) for text in self.sample_prompts]
+        continuations = generate(self, prompts, self.sample_tokens, stop_ids=self.stop_ids)
+        for i, (text, ids) in enumerate(zip(self.sample_prompts, continuations, strict=True)):
+            sample = text + tokenizer.decode(ids, skip_special_tokens=False)
             for writer in writers:
-                writer.add_text(f"samples/{i}", text, global_step=self.global_step)
+                writer.add_text(f"samples/{i}", sample, global_step=self.global_step)

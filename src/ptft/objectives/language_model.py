@@ -1,5 +1,5 @@
 """What the causal and the masked LM share: a Transformer backbone, an output head tied to its
-token embedding, token-weighted loss and perplexity, and the tokenizer saved with each checkpoint.
+token embedding, token-weighted loss and perplexity (the run record saves the tokenizer with each checkpoint).
 
 A subclass only says how a batch of token blocks becomes ``(logits, labels)``.
 """
@@ -34,6 +34,8 @@ class LanguageModel(BackboneModule):
 
     #: the attention the objective needs: True for next-token prediction, False for masked LM
     causal: ClassVar[bool]
+    #: name of the logged accuracy of the scored tokens (``{stage}/{name}``), or None
+    accuracy_name: ClassVar[str | None] = None
 
     def __init__(
         self,
@@ -46,7 +48,12 @@ class LanguageModel(BackboneModule):
         if not hasattr(self.backbone, "token_embedding"):
             raise ConfigError(f"{type(self).__name__} needs a token backbone; use model/backbone=transformer")
         if bool(getattr(self.backbone, "causal", self.causal)) != self.causal:
-            raise ConfigError(f"{type(self).__name__} needs model.backbone.causal={str(self.causal).lower()}")
+            if self.causal:
+                raise ConfigError(
+                    f"{type(self).__name__} needs a causal (GPT-style) backbone, and this one is bidirectional "
+                    "(a masked-LM backbone); pretrain with model=causal_lm, or set model.backbone.causal=true"
+                )
+            raise ConfigError(f"{type(self).__name__} needs a bidirectional backbone: model.backbone.causal=false")
         embedding = self.backbone.token_embedding
         # weight tying (Press & Wolf 2017; GPT-2): one matrix embeds tokens and scores them
         self.lm_head = nn.Linear(embedding.embedding_dim, embedding.num_embeddings, bias=False)
@@ -78,8 +85,8 @@ class LanguageModel(BackboneModule):
         mean = self.mean_loss[stage].compute()  # synchronised across processes
         self.log(f"{stage}/loss", mean, prog_bar=stage == "val")
         self.log(f"{stage}/ppl", torch.exp(mean))
-        if not self.causal:
-            self.log(f"{stage}/masked_acc", self.mean_acc[stage].compute())
+        if self.accuracy_name:
+            self.log(f"{stage}/{self.accuracy_name}", self.mean_acc[stage].compute())
         self.mean_loss[stage].reset()
         self.mean_acc[stage].reset()
 
@@ -101,9 +108,3 @@ class LanguageModel(BackboneModule):
         datamodule = getattr(trainer, "datamodule", None) if trainer is not None else None
         path = getattr(datamodule, "tokenizer_path", None)
         return Path(path) if path else None
-
-    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        super().on_save_checkpoint(checkpoint)
-        path = self.tokenizer_path()
-        if path is not None:  # a fine-tune must encode text exactly as the pretraining did
-            checkpoint["ptft_tokenizer"] = path.read_text()

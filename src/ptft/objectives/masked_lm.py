@@ -22,6 +22,7 @@ class MaskedLM(LanguageModel):
     """Predict the original tokens at the ~15% positions ``mask_tokens`` chose in ``item[:-1]``."""
 
     causal = False
+    accuracy_name = "masked_acc"
 
     def __init__(
         self,

@@ -71,9 +71,13 @@ class Classifier(BackboneModule):
             self.backbone.eval()
         return self
 
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """One feature vector per example, ``(B, out_dim)``: what the head reads."""
+        return self.backbone(x)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         with torch.set_grad_enabled(torch.is_grad_enabled() and not self.frozen):
-            features = self.backbone(x)
+            features = self.features(x)
         return self.head(features)
 
     def training_step(self, batch: Sequence[torch.Tensor], batch_idx: int) -> torch.Tensor:

@@ -1,0 +1,250 @@
+"""The two labelled tasks on the standard-library docstrings, tokenized for a Transformer.
+
+* ``data=pydoc_package`` (sequence classification): a docstring → its top-level package.
+* ``data=pydoc_names`` (sequence generation): a function's first docstring paragraph → its name.
+
+Both use the corpus split of ``data=pydoc_text`` (whole source files per split), so a model
+pretrained there never saw a val/test docstring. A text is framed the way the pretraining
+stream frames a document, ``<eos> text <eos>``, so the pretrained model reads familiar input;
+a generation pair is ``<eos> prompt <sep> target <eos>`` with the loss on ``target <eos>``.
+Batches are padded (``<pad>`` = 0) to their longest example, never to a fixed length.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from tokenizers import Tokenizer
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset
+
+from ptft.data.images import label_subset
+from ptft.data.loaders import SplitLoaders
+from ptft.data.masking import IGNORE_INDEX
+from ptft.data.pydoc_corpus import SPLITS, PydocCorpus, build_corpus, name_task, package_task
+from ptft.data.text import cached_tokenizer, given_tokenizer
+from ptft.data.tokenizer import (
+    EOS_ID,
+    MIN_VOCAB_SIZE,
+    PAD_ID,
+    SEP_ID,
+    load_tokenizer,
+)
+from ptft.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+
+def frame_text(tokenizer: Tokenizer, text: str, max_length: int) -> list[int]:
+    """``<eos> text <eos>``, the text truncated so the whole fits in ``max_length`` tokens."""
+    ids = tokenizer.encode(text, add_special_tokens=False).ids[: max_length - 2]
+    return [EOS_ID, *ids, EOS_ID]
+
+
+def frame_pair(tokenizer: Tokenizer, prompt: str, target: str, max_length: int) -> tuple[list[int], int]:
+    """``<eos> prompt <sep> target <eos>`` and the index of the first target token.
+
+    The target is kept whole (it must fit with room for a prompt token); the prompt is
+    truncated from its end when the pair is longer than ``max_length``.
+    """
+    target_ids = [*tokenizer.encode(target, add_special_tokens=False).ids, EOS_ID]
+    room = max_length - len(target_ids) - 2  # <eos> … <sep>
+    if room < 1:
+        raise ConfigError(
+            f"a target of {len(target_ids)} tokens ({target!r}) leaves no room for a prompt in "
+            f"data.max_length={max_length}; raise data.max_length"
+        )
+    prompt_ids = tokenizer.encode(prompt, add_special_tokens=False).ids[:room]
+    tokens = [EOS_ID, *prompt_ids, SEP_ID, *target_ids]
+    return tokens, len(prompt_ids) + 2
+
+
+def pad(rows: Sequence[Sequence[int]], value: int) -> Tensor:
+    """Right-pad integer rows to the longest one: ``(B, T_max)`` int64."""
+    out = torch.full((len(rows), max(len(r) for r in rows)), value, dtype=torch.long)
+    for i, row in enumerate(rows):
+        out[i, : len(row)] = torch.as_tensor(row, dtype=torch.long)
+    return out
+
+
+class ClassificationExamples(Dataset):
+    """Framed token ids and a class index per example; batches are ``(tokens, labels)``."""
+
+    def __init__(self, ids: list[list[int]], labels: Sequence[int]) -> None:
+        self.ids, self.labels = ids, [int(y) for y in labels]
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __getitem__(self, index: int) -> tuple[list[int], int]:
+        return self.ids[index], self.labels[index]
+
+    @staticmethod
+    def collate(items: list[tuple[list[int], int]]) -> tuple[Tensor, Tensor]:
+        return pad([ids for ids, _ in items], PAD_ID), torch.tensor([y for _, y in items])
+
+
+class GenerationExamples(Dataset):
+    """Framed prompt → target pairs; batches are ``(tokens, labels)`` where ``labels[:, t]``
+    is the token to predict after position ``t`` on the target, -100 elsewhere."""
+
+    def __init__(self, pairs: list[tuple[list[int], int]]) -> None:
+        self.pairs = pairs
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def __getitem__(self, index: int) -> tuple[list[int], int]:
+        return self.pairs[index]
+
+    @staticmethod
+    def collate(items: list[tuple[list[int], int]]) -> tuple[Tensor, Tensor]:
+        tokens = pad([ids for ids, _ in items], PAD_ID)
+        labels = torch.full_like(tokens, IGNORE_INDEX)
+        for i, (ids, start) in enumerate(items):
+            # position t predicts token t + 1: the first target token is read off the <sep>
+            labels[i, start - 1 : len(ids) - 1] = torch.as_tensor(ids[start:])
+        return tokens, labels
+
+
+class PydocLabelledDataModule(SplitLoaders):
+    """What both labelled tasks share: the corpus split, the tokenizer and padded loaders.
+
+    ``tokenizer`` is a ``tokenizer.json`` to use (a fine-tuning run passes the pretraining
+    checkpoint's); without it, the one ``data=pydoc_text`` trains on the same training split
+    with the same ``vocab_size`` and ``split_seed`` is reused, or trained and cached.
+    """
+
+    def __init__(
+        self,
+        cache_dir: str,
+        input_shape: Sequence[int],
+        vocab_size: int = 8192,
+        max_length: int = 128,
+        tokenizer: str | None = None,
+        batch_size: int = 32,
+        eval_batch_size: int = 128,
+        num_workers: int = 0,
+        split_seed: int = 0,
+        val_fraction: float = 0.05,
+        test_fraction: float = 0.05,
+        label_fraction: float = 1.0,
+        subset_seed: int = 0,
+        with_labels: bool = True,
+    ) -> None:
+        super().__init__()
+        if list(input_shape) != [max_length]:
+            raise ConfigError(f"data.input_shape={list(input_shape)} must be [data.max_length]=[{max_length}]")
+        if vocab_size < MIN_VOCAB_SIZE:
+            raise ConfigError(f"data.vocab_size={vocab_size} is too small; use data.vocab_size>={MIN_VOCAB_SIZE}")
+        if max_length < 4:
+            raise ConfigError(f"data.max_length={max_length} cannot hold a framed text; use data.max_length>=4")
+        if not 0.0 < label_fraction <= 1.0:
+            raise ConfigError(f"data.label_fraction must be in (0, 1], got {label_fraction}")
+        self.cache_dir = Path(cache_dir)
+        self.input_shape = (max_length,)
+        self.vocab_size, self.max_length = vocab_size, max_length
+        self.tokenizer_file = tokenizer
+        self.batch_size, self.eval_batch_size, self.num_workers = batch_size, eval_batch_size, num_workers
+        self.split_seed, self.val_fraction, self.test_fraction = split_seed, val_fraction, test_fraction
+        self.label_fraction, self.subset_seed = label_fraction, subset_seed
+        self.tokenizer_path: Path | None = None
+        self.datasets: dict[str, Dataset] = {}
+        self.manifest: dict = {}
+
+    def load_tokenizer(self, corpus: PydocCorpus) -> Tokenizer:
+        if self.tokenizer_file:
+            path = given_tokenizer(self.cache_dir, self.tokenizer_file, self.vocab_size)
+        else:
+            path = cached_tokenizer(self.cache_dir, corpus, self.vocab_size, self.split_seed)
+        self.tokenizer_path = path
+        return load_tokenizer(path)
+
+    def build(self, corpus: PydocCorpus, tokenizer: Tokenizer) -> dict[str, Dataset]:
+        """The task's train/val/test datasets (the train split already cut to ``label_fraction``)."""
+        raise NotImplementedError
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.datasets:
+            return
+        corpus = build_corpus(self.cache_dir, seed=self.split_seed, val_fraction=self.val_fraction,
+                              test_fraction=self.test_fraction)
+        self.datasets = self.build(corpus, self.load_tokenizer(corpus))
+        self.manifest = {**corpus.manifest, "sizes": {s: len(d) for s, d in self.datasets.items()}}
+        for split in SPLITS:
+            if len(self.datasets[split]) == 0:
+                raise ConfigError(
+                    f"the {split} split of {type(self).__name__} is empty; "
+                    "raise data.val_fraction / data.test_fraction"
+                )
+
+    def prepare_data(self) -> None:
+        self.setup()  # rank 0 builds the caches; other ranks read them in setup
+
+    def dataset(self, split: str, train: bool) -> Dataset:
+        return self.datasets[split]
+
+    def _loader(self, split: str, train: bool) -> DataLoader:
+        dataset = self.dataset(split, train)
+        return DataLoader(
+            dataset,
+            batch_size=self.batch_size if train else self.eval_batch_size,
+            shuffle=train,
+            collate_fn=dataset.collate,  # type: ignore[attr-defined]
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+        )
+
+
+def _write_labels(path: Path, labels: list[str]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(labels, indent=1) + "\n")
+    os.replace(tmp, path)
+
+
+class PydocPackageDataModule(PydocLabelledDataModule):
+    """Docstring → index of its top-level package among the ``num_classes`` most frequent.
+
+    ``label_names`` (index order) is written to ``cache_dir`` and into every checkpoint.
+    """
+
+    def __init__(self, *args, num_classes: int = 10, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.num_classes = num_classes
+        self.label_names: list[str] = []
+
+    def build(self, corpus: PydocCorpus, tokenizer: Tokenizer) -> dict[str, Dataset]:
+        examples, self.label_names = package_task(corpus, self.num_classes)
+        train_hash = corpus.manifest["splits"]["train"]["texts_hash"][:16]
+        _write_labels(self.cache_dir / f"package-labels-{train_hash}-k{self.num_classes}.json", self.label_names)
+        datasets = {}
+        for split, pairs in examples.items():
+            ids = [frame_text(tokenizer, text, self.max_length) for text, _ in pairs]
+            labels = np.array([y for _, y in pairs])
+            if split == "train":
+                keep = label_subset(labels, self.label_fraction, self.subset_seed)
+                ids, labels = [ids[i] for i in keep], labels[keep]
+            datasets[split] = ClassificationExamples(ids, labels.tolist())
+        return datasets
+
+
+class PydocNamesDataModule(PydocLabelledDataModule):
+    """First paragraph of a public function's docstring → the function's name."""
+
+    def build(self, corpus: PydocCorpus, tokenizer: Tokenizer) -> dict[str, Dataset]:
+        datasets = {}
+        for split, pairs in name_task(corpus).items():
+            framed = [frame_pair(tokenizer, summary, name, self.max_length) for summary, name in pairs]
+            if split == "train" and self.label_fraction < 1.0:
+                count = max(1, round(self.label_fraction * len(framed)))
+                keep = np.sort(np.random.default_rng(self.subset_seed).permutation(len(framed))[:count])
+                framed = [framed[i] for i in keep]
+            datasets[split] = GenerationExamples(framed)
+        return datasets

@@ -1,0 +1,39 @@
+"""``ptft-generate ckpt_path=FILE prompt="…"``: continue text with a causal LM checkpoint.
+
+Greedy by default; ``temperature``, ``top_k`` and ``top_p`` sample instead. The module and
+its tokenizer come from the checkpoint; each completion is printed and written to
+``generations.jsonl`` in the run directory.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import hydra
+from omegaconf import DictConfig
+
+from ptft import config
+from ptft.cli import config_dir, one_line_errors
+from ptft.errors import ConfigError
+
+config.register()
+
+NO_PROMPT = 'no prompt given: pass prompt="..." or prompts=["...","..."]'
+
+
+@hydra.main(version_base="1.3", config_path=config_dir(), config_name="generate")
+@one_line_errors
+def main(cfg: DictConfig) -> list[dict[str, Any]]:
+    # the commonest mistakes are answered at once, before torch loads (generate_text checks again)
+    if not Path(cfg.ckpt_path).is_file():
+        raise ConfigError(f"ckpt_path={cfg.ckpt_path}: no such checkpoint file")
+    if cfg.prompt is None and not cfg.prompts:
+        raise ConfigError(NO_PROMPT)
+    from ptft.generation import generate_text  # torch loads only when a run starts
+
+    return generate_text(cfg)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,49 @@
+"""Sequence classification: a Transformer backbone, pooled to one vector, and a linear head.
+
+The image :class:`~ptft.tasks.classifier.Classifier` with token inputs: same loss, metrics
+(accuracy and macro F1) and fine-tuning modes; only the features differ, pooled from the
+token features in the way that fits the backbone (see :mod:`ptft.nn.pooling`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+
+from ptft.data.tokenizer import PAD_ID
+from ptft.errors import ConfigError
+from ptft.nn.pooling import pool, resolve_pooling
+from ptft.tasks.classifier import Classifier
+
+
+class SequenceClassifier(Classifier):
+    """Cross-entropy over ``num_classes`` on pooled features of right-padded token batches."""
+
+    def __init__(
+        self,
+        backbone: Mapping[str, Any],
+        input_shape: Sequence[int],
+        num_classes: int,
+        optimizer: Mapping[str, Any],
+        scheduler: Mapping[str, Any] | None = None,
+        finetune: str = "full",
+        pooling: str = "auto",
+        head_dropout: float = 0.1,
+        label_smoothing: float = 0.0,
+    ) -> None:
+        super().__init__(backbone, input_shape, num_classes, optimizer, scheduler, finetune, None,
+                         head_dropout, label_smoothing)
+        self.save_hyperparameters()
+        if not hasattr(self.backbone, "token_embedding"):
+            raise ConfigError("model=sequence_classifier needs a token backbone; use model/backbone=transformer")
+        try:
+            self.pooling = resolve_pooling(pooling, causal=bool(self.backbone.causal))
+        except ValueError as err:
+            raise ConfigError(f"model.pooling: {err}") from err
+
+    def features(self, tokens: torch.Tensor) -> torch.Tensor:
+        # a bidirectional backbone masks the padding itself; a causal one needs no mask for
+        # right padding, since no real token attends to a later position
+        return pool(self.backbone(tokens), tokens != PAD_ID, self.pooling)
