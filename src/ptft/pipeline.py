@@ -1,8 +1,17 @@
 """``ptft-pipeline``: the label-efficiency study, pretrain → fine-tune, in one process.
 
+A study (the ``pipeline`` group: ``conf/pipeline/vision.yaml``, the default, and
+``text.yaml``) pretrains once, then runs every task under ``tasks.<name>`` with its own
+methods, label fractions, seeds and metrics:
+
     ptft-pipeline                                  # SimCLR on digits, 4 fractions x 4 methods
-    ptft-pipeline label_fractions=[0.1] seeds=1    # a quick look
+    ptft-pipeline tasks.digits.label_fractions=[0.1] tasks.digits.seeds=1    # a quick look
     ptft-pipeline pretrained=outputs/pipeline/runs/<ts>/pretrain   # reuse a pretraining run
+    ptft-pipeline pipeline=text                    # a GPT on docstrings; package and name tasks
+    ptft-pipeline pipeline=text 'pretrain.overrides=["experiment=pydoc_gpt","trainer.max_epochs=1"]'
+
+Overrides inside a list hold ``=``, so they are quoted. A key a task lacks takes ``+``
+(``+tasks.names.method_overrides.scratch=[…]``).
 """
 
 from __future__ import annotations
@@ -19,7 +28,8 @@ config.register()
 @hydra.main(version_base="1.3", config_path=config_dir(), config_name="pipeline")
 @one_line_errors
 def main(cfg: DictConfig) -> float:
-    """Returns the mean test accuracy of the best pretrained method at the smallest fraction."""
+    """Returns, for sweepers, the first task's headline metric (mean over seeds) of the best
+    pretrained method at that task's smallest label fraction."""
     from ptft.study import run_study  # torch and Lightning load only when a run starts
 
     return run_study(cfg)

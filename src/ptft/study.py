@@ -1,14 +1,17 @@
 """The label-efficiency study behind ``ptft-pipeline``.
 
-Pretrain once (or reuse a checkpoint), then for every label fraction, method and seed
-fine-tune in this process (imports cost seconds; a run on digits costs about as much),
-and fit scikit-learn's SVC on the raw pixels of the very same labelled subsets.
+Pretrain once (or reuse a checkpoint), then for every task, label fraction, seed and method
+fine-tune in this process (imports cost seconds; a run on digits costs about as much), and,
+for image tasks, fit scikit-learn's SVC on the raw pixels of the very same labelled subsets.
+Every task's config is composed before pretraining starts, so a bad override fails at once.
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -19,18 +22,16 @@ from omegaconf import DictConfig, OmegaConf
 
 from ptft.errors import ConfigError
 from ptft.handoff import resolve_checkpoint
-from ptft.report import Result, write_report
+from ptft.report import PRETRAINED_METHODS, Result, TaskColumns, write_report
 from ptft.run import build_datamodule, plain, train
 
 log = logging.getLogger(__name__)
 
+#: scratch: random init | linear_probe, finetune: the pretrained backbone (how each freezes or
+#: steps comes from the task's method_overrides) | svc: SVC on raw pixels (images only)
 METHODS = ("scratch", "linear_probe", "finetune", "svc")
-#: how each fine-tuning method starts: pretrained weights or not, frozen or not
-METHOD_SETUP = {
-    "scratch": {"pretrained": False, "finetune": "full"},
-    "linear_probe": {"pretrained": True, "finetune": "linear_probe"},
-    "finetune": {"pretrained": True, "finetune": "full"},
-}
+#: what the SVC baseline measures
+SVC_METRICS = ("test/acc", "test/f1")
 #: fine-tuning runs inside the study write no checkpoints and draw no progress bars; they are
 #: tested on their final weights (choosing by validation accuracy would use more labels)
 QUIET = [
@@ -41,22 +42,95 @@ QUIET = [
 ]
 
 
+@dataclass(frozen=True)
+class Run:
+    """One fine-tuning run (or SVC fit) of the study."""
+
+    task: str
+    fraction: float
+    method: str
+    seed: int
+
+    def directory(self, out: Path) -> Path:
+        return out / "finetune" / self.task / f"fraction_{self.fraction}" / self.method / f"seed_{self.seed}"
+
+
 def quote(value: Any) -> str:
     """A value as a Hydra override literal (paths may hold characters the grammar reserves)."""
     text = str(value).replace("\\", "\\\\").replace("'", "\\'")
     return f"'{text}'"
 
 
-def compose_train(overrides: list[str]) -> DictConfig:
+def compose_train(overrides: list[str], where: str) -> DictConfig:
+    """``train.yaml`` composed with ``overrides``; ``where`` names the config key they came from."""
     try:
         return compose(config_name="train", overrides=overrides)
     except Exception as err:  # Hydra's own errors name the bad override
-        raise ConfigError(f"pipeline overrides {overrides} do not compose: {err}".replace("\n", " ")) from err
+        raise ConfigError(f"{where} {overrides} do not compose: {err}".replace("\n", " ")) from err
 
 
-def seeds_for(cfg: DictConfig, fraction: float) -> list[int]:
-    count = cfg.small_fraction_seeds if fraction <= cfg.small_fraction else cfg.seeds
-    return list(range(count))
+def seeds_for(task: DictConfig, fraction: float) -> list[int]:
+    small = task.small_fraction_seeds if task.small_fraction_seeds is not None else task.seeds
+    return list(range(small if fraction <= task.small_fraction else task.seeds))
+
+
+def plan(cfg: DictConfig) -> Iterator[Run]:
+    """Every run of the study, in the order they run: task, fraction, seed, method."""
+    for name, task in cfg.tasks.items():
+        for fraction in task.label_fractions:
+            for seed in seeds_for(task, fraction):
+                for method in task.methods:
+                    yield Run(str(name), float(fraction), str(method), seed)
+
+
+def run_overrides(cfg: DictConfig, run: Run, ckpt: Path | None, stage_dir: Path) -> list[str]:
+    """The ``ptft-train`` overrides of one run: the task's, then the study's, then the method's."""
+    task = cfg.tasks[run.task]
+    pretrained = run.method in PRETRAINED_METHODS and ckpt is not None
+    return [
+        *task.overrides,
+        *QUIET,
+        f"model.pretrained={quote(ckpt) if pretrained else 'null'}",
+        f"data.label_fraction={run.fraction}",
+        # the seed picks the labelled subset too (the digits config says so itself; text does not)
+        f"data.subset_seed={run.seed}",
+        f"seed={run.seed}",
+        f"paths.output_dir={quote(stage_dir)}",
+        *task.method_overrides.get(run.method, []),
+    ]
+
+
+def is_image_data(data_cfg: DictConfig) -> bool:
+    """Images are ``(channels, height, width)``; token data are ``(length,)``."""
+    return len(data_cfg.get("input_shape") or []) == 3
+
+
+def check(cfg: DictConfig) -> None:
+    """Fail before pretraining: unknown methods, a bad task, or overrides that do not compose."""
+    if not cfg.tasks:
+        raise ConfigError("tasks is empty; choose a study with pipeline=vision|text or add tasks.<name>")
+    for name, task in cfg.tasks.items():
+        key = f"tasks.{name}"
+        unknown = sorted(set(task.methods) - set(METHODS))
+        if unknown:
+            raise ConfigError(f"{key}.methods: {unknown} are not known; choose from {list(METHODS)}")
+        unknown = sorted(set(task.method_overrides) - set(METHODS))
+        if unknown:
+            raise ConfigError(f"{key}.method_overrides: {unknown} are not methods; use keys from {list(METHODS)}")
+        if not task.methods or not task.metrics or not task.label_fractions:
+            raise ConfigError(f"{key}: methods, metrics and label_fractions must each name at least one")
+        bad = [f for f in task.label_fractions if not 0.0 < f <= 1.0]
+        if bad:
+            raise ConfigError(f"{key}.label_fractions: {bad} are not in (0, 1]")
+        if task.seeds < 1:
+            raise ConfigError(f"{key}.seeds={task.seeds}: run at least one seed")
+        if "svc" in task.methods and task.metrics[0] not in SVC_METRICS:
+            raise ConfigError(f"{key}.metrics: svc reports only {list(SVC_METRICS)}; put one of them first or drop svc")
+        for method in task.methods:
+            run = Run(str(name), float(task.label_fractions[0]), str(method), 0)
+            run_cfg = compose_train(run_overrides(cfg, run, None, Path("unused")), f"{key}.overrides + method_overrides.{method}")
+            if method == "svc" and not is_image_data(run_cfg.data):
+                raise ConfigError(f"{key}.methods: svc fits raw pixels, but this task's data are not images; drop svc")
 
 
 def pretrain(cfg: DictConfig, out: Path) -> Path:
@@ -64,7 +138,7 @@ def pretrain(cfg: DictConfig, out: Path) -> Path:
     if cfg.pretrained:
         return resolve_checkpoint(cfg.pretrained)
     stage_dir = out / "pretrain"
-    run_cfg = compose_train([*cfg.pretrain.overrides, f"paths.output_dir={quote(stage_dir)}"])
+    run_cfg = compose_train([*cfg.pretrain.overrides, f"paths.output_dir={quote(stage_dir)}"], "pretrain.overrides")
     stage_dir.mkdir(parents=True, exist_ok=True)
     OmegaConf.save(run_cfg, stage_dir / "config.yaml", resolve=True)
     start = time.perf_counter()
@@ -73,23 +147,7 @@ def pretrain(cfg: DictConfig, out: Path) -> Path:
     return resolve_checkpoint(stage_dir)
 
 
-def finetune_overrides(
-    cfg: DictConfig, method: str, fraction: float, seed: int, ckpt: Path | None, stage_dir: Path
-) -> list[str]:
-    setup = METHOD_SETUP[method]
-    return [
-        *cfg.finetune.overrides,
-        *QUIET,
-        f"model.pretrained={quote(ckpt) if setup['pretrained'] and ckpt else 'null'}",
-        f"model.finetune={setup['finetune']}",
-        f"data.label_fraction={fraction}",
-        f"seed={seed}",
-        f"paths.output_dir={quote(stage_dir)}",
-        *cfg.method_overrides.get(method, []),
-    ]
-
-
-def svc_scores(run_cfg: DictConfig, svc_kwargs: dict[str, Any]) -> tuple[float, float]:
+def svc_scores(run_cfg: DictConfig, svc_kwargs: dict[str, Any]) -> dict[str, float]:
     """Test accuracy and macro F1 of scikit-learn's SVC on raw pixels of the run's own
     labelled subset (the data config of a fine-tuning run at the same fraction and seed)."""
     from sklearn.metrics import f1_score
@@ -99,34 +157,46 @@ def svc_scores(run_cfg: DictConfig, svc_kwargs: dict[str, Any]) -> tuple[float, 
     datamodule.setup("fit")
     (x, y), (xt, yt) = datamodule.splits["train"], datamodule.splits["test"]
     predicted = SVC(**svc_kwargs).fit(x.flatten(1).numpy(), y.numpy()).predict(xt.flatten(1).numpy())
-    return float(np.mean(predicted == yt.numpy())), float(f1_score(yt.numpy(), predicted, average="macro"))
+    return {
+        "test/acc": float(np.mean(predicted == yt.numpy())),
+        "test/f1": float(f1_score(yt.numpy(), predicted, average="macro")),
+    }
+
+
+def run_one(cfg: DictConfig, run: Run, ckpt: Path | None, out: Path) -> dict[str, float]:
+    """Fine-tune (or fit the SVC) and return the task's metrics."""
+    task = cfg.tasks[run.task]
+    stage_dir = run.directory(out)
+    run_cfg = compose_train(run_overrides(cfg, run, ckpt, stage_dir), f"tasks.{run.task}.overrides")
+    if run.method == "svc":
+        scores = svc_scores(run_cfg, plain(cfg.svc))
+        return {m: scores[m] for m in task.metrics if m in scores}
+    stage_dir.mkdir(parents=True, exist_ok=True)
+    OmegaConf.save(run_cfg, stage_dir / "config.yaml", resolve=True)
+    logged = train(run_cfg)
+    missing = [m for m in task.metrics if m not in logged]
+    if missing:
+        tests = sorted(k for k in logged if k.startswith("test/"))
+        raise ConfigError(f"tasks.{run.task}.metrics: {missing} were not logged by the run; it logs {tests}")
+    return {m: logged[m] for m in task.metrics}
 
 
 def run_study(cfg: DictConfig) -> float:
-    unknown = sorted(set(cfg.methods) - set(METHODS))
-    if unknown:
-        raise ConfigError(f"methods {unknown} are not known; choose from {list(METHODS)}")
+    """Run the whole study, write its report, and return :func:`ptft.report.study_score`."""
+    check(cfg)
     out = Path(HydraConfig.get().runtime.output_dir)
-    ckpt = pretrain(cfg, out) if set(cfg.methods) & {"linear_probe", "finetune"} else None
+    runs = list(plan(cfg))
+    ckpt = pretrain(cfg, out) if any(r.method in PRETRAINED_METHODS for r in runs) else None
     logging.getLogger("lightning.pytorch.utilities.rank_zero").setLevel(logging.WARNING)
 
     results: list[Result] = []
-    for fraction in cfg.label_fractions:
-        for seed in seeds_for(cfg, fraction):
-            for method in cfg.methods:
-                stage_dir = out / "finetune" / f"fraction_{fraction}" / method / f"seed_{seed}"
-                # the SVC reads its labelled subset from a scratch run's data config
-                setup = "scratch" if method == "svc" else method
-                run_cfg = compose_train(finetune_overrides(cfg, setup, fraction, seed, ckpt, stage_dir))
-                start = time.perf_counter()
-                if method == "svc":
-                    acc, f1 = svc_scores(run_cfg, plain(cfg.svc))
-                else:
-                    stage_dir.mkdir(parents=True, exist_ok=True)
-                    OmegaConf.save(run_cfg, stage_dir / "config.yaml", resolve=True)
-                    metrics = train(run_cfg)
-                    acc, f1 = metrics["test/acc"], metrics["test/f1"]
-                result = Result(fraction, method, seed, acc, f1, time.perf_counter() - start)
-                log.info("fraction %-5g %-12s seed %d: test/acc %.4f (%.1f s)", fraction, method, seed, acc, result.seconds)
-                results.append(result)
-    return write_report(results, out, cfg.methods)
+    for run in runs:
+        start = time.perf_counter()
+        metrics = run_one(cfg, run, ckpt, out)
+        result = Result(run.task, run.fraction, run.method, run.seed, metrics, time.perf_counter() - start)
+        shown = ", ".join(f"{k} {v:.4g}" for k, v in metrics.items())
+        log.info("%s fraction %-5g %-12s seed %d: %s (%.1f s)", run.task, run.fraction, run.method, run.seed,
+                 shown, result.seconds)
+        results.append(result)
+    tasks = {str(name): TaskColumns(list(t.methods), list(t.metrics)) for name, t in cfg.tasks.items()}
+    return write_report(results, out, tasks)

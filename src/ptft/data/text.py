@@ -185,27 +185,6 @@ class TokenBlocksDataModule(SplitLoaders):
 class PydocTextDataModule(TokenBlocksDataModule):
     """Blocks of ``block_size + 1`` tokens of Python docstrings; train/val/test split by source file."""
 
-    def __init__(
-        self,
-        cache_dir: str,
-        input_shape: Sequence[int],
-        vocab_size: int = 8192,
-        block_size: int = 128,
-        batch_size: int = 32,
-        eval_batch_size: int = 64,
-        num_workers: int = 0,
-        split_seed: int = 0,
-        val_fraction: float = 0.05,
-        test_fraction: float = 0.05,
-        tokenizer: str | None = None,
-        with_labels: bool = False,
-    ) -> None:
-        super().__init__(
-            cache_dir, input_shape, vocab_size=vocab_size, block_size=block_size, batch_size=batch_size,
-            eval_batch_size=eval_batch_size, num_workers=num_workers, split_seed=split_seed,
-            val_fraction=val_fraction, test_fraction=test_fraction, tokenizer=tokenizer, with_labels=with_labels,
-        )
-
     def load_splits(self) -> tuple[dict[str, list[str]], dict]:
         corpus = build_corpus(self.cache_dir, seed=self.split_seed, val_fraction=self.val_fraction,
                               test_fraction=self.test_fraction)
