@@ -3,7 +3,9 @@ generator, and the handoff of backbone and tokenizer from a pretrained language 
 
 from __future__ import annotations
 
+import json
 import math
+import platform
 from collections import Counter
 from pathlib import Path
 
@@ -179,6 +181,13 @@ def test_classifier_fine_tunes_from_a_gpt_with_its_tokenizer(pretrained, cache_d
     ckpt = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)
     assert ckpt["ptft_tokenizer"] == gpt_ckpt["ptft_tokenizer"]
     assert len(ckpt["ptft_labels"]) == 10 and ckpt["hyper_parameters"]["num_classes"] == 10
+    # the run records which corpus it read: the Python version and the content hash
+    from ptft.data.pydoc_corpus import build_corpus
+
+    corpus = build_corpus(cache_dir).manifest
+    manifest = json.loads((tmp_path / "data_manifest.json").read_text())
+    assert manifest["python_version"] == platform.python_version() == ckpt["ptft_data_manifest"]["python_version"]
+    assert manifest["content_hash"] == corpus["content_hash"] == ckpt["ptft_data_manifest"]["content_hash"]
 
 
 def test_generator_takes_the_whole_gpt_and_refuses_a_bert(pretrained, cache_dir, tmp_path):

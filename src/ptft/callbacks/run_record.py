@@ -1,10 +1,11 @@
 """Write what a run needs to be rebuilt into every checkpoint, so ``ptft-eval ckpt_path=…``
 and the handoff work from the checkpoint alone: the resolved data and model config, and,
 when the data has them, the tokenizer (also saved as ``tokenizer.json`` in the run
-directory) and the class names."""
+directory), the data's manifest (``data_manifest.json``) and the class names."""
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 from typing import Any
@@ -13,26 +14,33 @@ import lightning as L
 
 from ptft.data.tokenizer import TOKENIZER_FILE
 
+#: the data's manifest (corpus version, hashes, split sizes), written in the run directory
+MANIFEST_FILE = "data_manifest.json"
+
 
 def _datamodule(trainer: L.Trainer) -> Any:
     return getattr(trainer, "datamodule", None)
 
 
 class RunRecord(L.Callback):
-    """Adds ``ptft_run`` (plain containers), ``ptft_tokenizer`` (tokenizer JSON) and
-    ``ptft_labels`` (class names in index order) to every checkpoint."""
+    """Adds ``ptft_run`` (plain containers), ``ptft_tokenizer`` (tokenizer JSON),
+    ``ptft_data_manifest`` and ``ptft_labels`` (class names in index order) to every checkpoint."""
 
     def __init__(self, record: dict[str, Any], output_dir: str | Path | None = None) -> None:
         self.record = record
         self.output_dir = Path(output_dir) if output_dir else None
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        path = getattr(_datamodule(trainer), "tokenizer_path", None)
-        if path and self.output_dir is not None and trainer.is_global_zero:
-            self.output_dir.mkdir(parents=True, exist_ok=True)
-            target = self.output_dir / TOKENIZER_FILE
-            if Path(path).resolve() != target.resolve():
-                shutil.copyfile(path, target)
+        if self.output_dir is None or not trainer.is_global_zero:
+            return
+        datamodule = _datamodule(trainer)
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        path = getattr(datamodule, "tokenizer_path", None)
+        if path and Path(path).resolve() != (self.output_dir / TOKENIZER_FILE).resolve():
+            shutil.copyfile(path, self.output_dir / TOKENIZER_FILE)
+        manifest = getattr(datamodule, "manifest", None)
+        if manifest:  # which corpus, Python version and content hash the run read
+            (self.output_dir / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2) + "\n")
 
     def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]) -> None:
         checkpoint["ptft_run"] = self.record
@@ -40,6 +48,9 @@ class RunRecord(L.Callback):
         path = getattr(datamodule, "tokenizer_path", None)
         if path:  # a fine-tune must encode text exactly as this run did
             checkpoint["ptft_tokenizer"] = Path(path).read_text()
+        manifest = getattr(datamodule, "manifest", None)
+        if manifest:
+            checkpoint["ptft_data_manifest"] = manifest
         names = getattr(datamodule, "label_names", None)
         if names:
             checkpoint["ptft_labels"] = list(names)
