@@ -39,6 +39,19 @@ def test_checkpoints_load_weights_only_and_record_the_run(tmp_path):
     assert 0.0 <= metrics["test/acc"] <= 1.0 and "val/acc" in metrics
 
 
+def test_last_checkpoint_holds_the_final_weights_even_when_the_best_came_first(tmp_path):
+    # monitoring the maximum val/loss makes the first validation the best one; Lightning alone
+    # would then leave last.ckpt at step 5
+    cfg = compose_train(
+        ["experiment=digits_classifier", "trainer.max_steps=15", "trainer.val_check_interval=5",
+         "callbacks.model_checkpoint.mode=max", "logger=none", *QUIET], tmp_path
+    )
+    train(cfg)
+    best = [f for f in (tmp_path / "checkpoints").glob("*.ckpt") if f.name != "last.ckpt"]
+    assert len(best) == 1 and torch.load(best[0], weights_only=True)["global_step"] == 5
+    assert torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 15
+
+
 def test_bf16_mixed_precision_trains_an_epoch(tmp_path):
     cfg = compose_train(
         ["experiment=digits_simclr", "trainer.max_epochs=1", "trainer.check_val_every_n_epoch=1",

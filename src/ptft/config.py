@@ -160,12 +160,45 @@ class OptimizerConfig:
     nesterov: bool | None = None
 
 
+# Schedulers: the options of ``model/scheduler`` (``conf/model/scheduler/``); each is a
+# ``ptft.schedules`` factory completed with the optimizer and ``total_steps``.
 @dataclass
-class SchedulerConfig:
+class WarmupCosineConfig:
     _target_: str = "ptft.schedules.warmup_cosine"
     _partial_: bool = True
     warmup_fraction: float = 0.05
     min_factor: float = 0.0
+
+
+@dataclass
+class SlantedTriangularConfig:
+    """Howard & Ruder 2018 (ULMFiT): the paper's ``cut_frac`` and ``ratio``."""
+
+    _target_: str = "ptft.schedules.slanted_triangular"
+    _partial_: bool = True
+    cut_frac: float = 0.1
+    ratio: float = 32.0
+
+
+@dataclass
+class ConstantScheduleConfig:
+    _target_: str = "ptft.schedules.constant"
+    _partial_: bool = True
+    warmup_steps: int = 0
+
+
+@dataclass
+class LRScalingConfig:
+    """Goyal et al. 2017: when ``enabled``, ``lr = model.optimizer.lr × global batch / base_batch``,
+    reached by a linear warmup from ``model.optimizer.lr`` over ``warmup_steps`` steps when set,
+    else ``warmup_epochs`` epochs. The global batch counts devices, nodes and accumulation.
+    A recipe can set ``base_batch`` (the batch its rate was tuned for) and leave the switch
+    to the user, as MMEngine's ``auto_scale_lr`` does."""
+
+    enabled: bool = False
+    base_batch: int | None = None
+    warmup_epochs: float = 5.0
+    warmup_steps: int | None = None
 
 
 @dataclass
@@ -189,16 +222,41 @@ class ModelConfig:
     input_shape: list[int] = MISSING
     backbone: Any = MISSING
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
-    scheduler: SchedulerConfig | None = None
+    # an option of model/scheduler, typed by its own schema; null: the optimizer's rate throughout
+    scheduler: Any = None
     monitor: str = "val/loss"
     monitor_mode: str = "min"
     pretrained: str | None = None
 
 
 @dataclass
+class KNNMonitorConfig:
+    """``model.knn``: the online kNN accuracy of the backbone's features (``val/knn_acc``)."""
+
+    k: int = 20
+    # votes weighted by exp(cosine similarity / temperature); null: one vote per neighbour
+    temperature: float | None = 0.07
+
+
+@dataclass
+class OnlineProbeConfig:
+    """``model.online_probe``: a linear layer on detached features (``val/probe_acc``).
+
+    A switch rather than a null default: OmegaConf cannot merge ``{lr: …}`` from the command
+    line into a null node, so ``model.online_probe.enabled=true`` turns the probe on."""
+
+    enabled: bool = False
+    lr: float = 1e-2
+
+
+@dataclass
 class AutoencoderConfig(ModelConfig):
     decoder_hidden_dims: list[int] = field(default_factory=lambda: [256])
     num_logged_images: int = 32
+    # representation monitors (labels for monitoring only; null turns one off)
+    num_classes: int | None = None
+    knn: KNNMonitorConfig | None = field(default_factory=KNNMonitorConfig)
+    online_probe: OnlineProbeConfig | None = field(default_factory=OnlineProbeConfig)
 
 
 @dataclass
@@ -207,21 +265,35 @@ class SimCLRConfig(ModelConfig):
     projection_hidden_dim: int = 256
     projection_dim: int = 64
     augment: AugmentConfig = field(default_factory=AugmentConfig)
+    # representation monitors (labels for monitoring only; null turns one off)
+    num_classes: int | None = None
+    knn: KNNMonitorConfig | None = field(default_factory=KNNMonitorConfig)
+    online_probe: OnlineProbeConfig | None = field(default_factory=OnlineProbeConfig)
 
 
 @dataclass
-class ClassifierConfig(ModelConfig):
+class FinetuneConfig(ModelConfig):
+    """The fine-tuning methods of the classification tasks (README: Fine-tuning methods)."""
+
     num_classes: int = MISSING
+    # full | linear_probe | gradual_unfreeze
     finetune: str = "full"
+    # gradual_unfreeze: epochs per stage (one more backbone layer group trains after each)
+    unfreeze_epochs: int = 1
+    # rate of a backbone layer group = rate of the group above / this (ULMFiT: 2.6); null: one rate
+    discriminative_lr: float | None = None
+    lr_scaling: LRScalingConfig = field(default_factory=LRScalingConfig)
+
+
+@dataclass
+class ClassifierConfig(FinetuneConfig):
     augment: AugmentConfig | None = None
     head_dropout: float = 0.0
     label_smoothing: float = 0.0
 
 
 @dataclass
-class SequenceClassifierConfig(ModelConfig):
-    num_classes: int = MISSING
-    finetune: str = "full"
+class SequenceClassifierConfig(FinetuneConfig):
     pooling: str = "auto"
     head_dropout: float = 0.1
     label_smoothing: float = 0.0
@@ -395,6 +467,8 @@ SCHEMAS: dict[str, dict[str, type]] = {
         "masked_lm": MaskedLMConfig,
     },
     "schema/backbone": {"cnn": CNNConfig, "mlp": MLPConfig, "transformer": TransformerConfig},
+    "schema/scheduler": {"warmup_cosine": WarmupCosineConfig, "slanted_triangular": SlantedTriangularConfig,
+                         "constant": ConstantScheduleConfig},
     "schema/trainer": {"trainer": TrainerConfig},
     "schema/paths": {"paths": PathsConfig},
 }

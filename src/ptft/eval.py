@@ -1,7 +1,9 @@
 """``ptft-eval ckpt_path=FILE``: test a checkpoint on its test split, write ``metrics.json``.
 
 The model and data configs come from the checkpoint itself (``data=…`` overrides the
-data), so no other argument is needed.
+data), so no other argument is needed. Classifiers also get ``predictions.csv``, per-class
+metrics and a confusion matrix (``confusion_matrix.png``; a TensorBoard figure with
+``logger=tensorboard``); see :mod:`ptft.evaluate`.
 """
 
 from __future__ import annotations

@@ -1,17 +1,25 @@
 """What every objective and task shares, and nothing more: a backbone built from its
-config, the optimizer and scheduler completed from partial configs, and the backbone
-record written into every checkpoint for the handoff.
+config, the optimizer and scheduler completed from partial configs (with the parameter
+groups and learning-rate rules of :mod:`ptft.optim`), and the backbone record written into
+every checkpoint for the handoff.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
 import lightning as L
 import torch
+from torch.optim.lr_scheduler import LambdaLR
 
+from ptft.errors import ConfigError
 from ptft.nn.backbone import Backbone, build_backbone
+from ptft.optim import LRScaling, param_groups, steps_per_epoch
+from ptft.schedules import ConstantFactor, GradualWarmupLR
+
+log = logging.getLogger(__name__)
 
 
 def instantiate_partial(config: Mapping[str, Any], *args: Any, **kwargs: Any) -> Any:
@@ -27,7 +35,11 @@ def instantiate_partial(config: Mapping[str, Any], *args: Any, **kwargs: Any) ->
 
 
 class BackboneModule(L.LightningModule):
-    """A LightningModule whose features come from ``self.backbone``."""
+    """A LightningModule whose features come from ``self.backbone``.
+
+    The learning-rate rules are attributes a subclass sets from its own config keys
+    (``configure_lr``): the constructor's signature stays the one every objective shares.
+    """
 
     #: whether training batches carry labels; pretraining objectives never see them
     supervised: ClassVar[bool] = False
@@ -45,18 +57,107 @@ class BackboneModule(L.LightningModule):
         self.optimizer_config = dict(optimizer)
         self.scheduler_config = dict(scheduler) if scheduler else None
         self.backbone: Backbone = build_backbone(self.backbone_config, self.input_shape)
+        #: rate of a backbone layer group = rate of the group above / this (None: one rate)
+        self.discriminative_lr: float | None = None
+        #: Goyal et al.'s linear scaling rule (None: the configured rate as it is)
+        self.lr_scaling: LRScaling | None = None
+        #: whether frozen parameters go into the optimizer too (to be unfrozen later)
+        self.optimize_frozen = False
+        #: the effective learning-rate values of this fit, logged when training starts
+        self.lr_report: dict[str, float] = {}
+
+    def configure_lr(
+        self, discriminative_lr: float | None = None, lr_scaling: Mapping[str, Any] | None = None
+    ) -> None:
+        """Set the learning-rate rules from ``model.discriminative_lr`` and ``model.lr_scaling``."""
+        if discriminative_lr is not None and discriminative_lr <= 0:
+            raise ConfigError(f"model.discriminative_lr={discriminative_lr}: give a factor > 0 "
+                              "(ULMFiT: 2.6), or null for one rate everywhere")
+        self.discriminative_lr = discriminative_lr
+        self.lr_scaling = LRScaling.from_config(lr_scaling)
 
     def trainable_parameters(self) -> list[torch.nn.Parameter]:
         return [p for p in self.parameters() if p.requires_grad]
 
+    def extra_param_groups(self) -> list[dict[str, Any]]:
+        """Optimizer parameter groups a subclass manages itself (``{"params": [...], "lr": …}``).
+
+        They are appended as given (no scaling, no layer-wise rate, their own weight decay)
+        and their parameters are left out of the regular groups; the schedule applies to
+        them too. None by default.
+        """
+        return []
+
     def configure_optimizers(self) -> Any:
-        optimizer = instantiate_partial(self.optimizer_config, self.trainable_parameters())
-        if not self.scheduler_config:
+        extra = [{**group, "params": list(group["params"])} for group in self.extra_param_groups()]
+        taken = [p for group in extra for p in group["params"]]
+        scale, warmup_steps = self._lr_scale()
+        lr = float(self.optimizer_config["lr"]) * scale
+        groups = param_groups(self, lr, self.discriminative_lr, self.optimize_frozen, exclude=taken)
+        optimizer = instantiate_partial(self.optimizer_config, groups + extra)
+        scheduler = None
+        if self.scheduler_config:
+            scheduler = instantiate_partial(
+                self.scheduler_config, optimizer, total_steps=int(self.trainer.estimated_stepping_batches)
+            )
+        if warmup_steps:
+            scheduler = self._with_gradual_warmup(optimizer, scheduler, warmup_steps, LRScaling.start_factor(scale))
+        if scheduler is None:
             return optimizer
-        scheduler = instantiate_partial(
-            self.scheduler_config, optimizer, total_steps=int(self.trainer.estimated_stepping_batches)
-        )
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def _lr_scale(self) -> tuple[float, int]:
+        """The linear scaling rule's factor ``k`` for this run and its warmup in steps
+        (``1, 0`` when the rule is off); the values used go to ``lr_report``, to be logged."""
+        self.lr_report = {}
+        rule = self.lr_scaling
+        if rule is None:
+            return 1.0, 0
+        trainer = self.trainer
+        per_device = getattr(getattr(trainer, "datamodule", None), "batch_size", None)
+        if not per_device:
+            raise ConfigError("model.lr_scaling needs the per-device batch size, and the datamodule has no "
+                              "batch_size; fit with a ptft datamodule or set model.lr_scaling.enabled=false")
+        accumulate = int(trainer.accumulate_grad_batches)
+        global_batch = rule.global_batch(int(per_device), int(trainer.world_size), accumulate)
+        k = rule.scale(global_batch)
+        warmup = 0
+        if rule.warmup_steps is not None or rule.warmup_epochs:
+            trainer.estimated_stepping_batches  # noqa: B018 -- Lightning counts the training batches here
+            per_epoch = steps_per_epoch(trainer.num_training_batches, accumulate)
+            if per_epoch is None and rule.warmup_steps is None:
+                raise ConfigError("model.lr_scaling.warmup_epochs: the training data has no length, so an "
+                                  "epoch has no known number of steps; give model.lr_scaling.warmup_steps")
+            warmup = rule.warmup_length(per_epoch or 0)
+        base_lr = float(self.optimizer_config["lr"])
+        self.lr_report = {
+            "lr/base": base_lr, "lr/effective": base_lr * k, "lr/scale": k,
+            "lr/global_batch": float(global_batch), "lr/warmup_steps": float(warmup),
+        }
+        if trainer.is_global_zero:
+            log.info(
+                "linear lr scaling (Goyal et al. 2017): global batch %d = %d per device x %d devices x %d "
+                "accumulated; lr = %g x %d / %d = %g, warmup from %g over %d steps",
+                global_batch, per_device, trainer.world_size, accumulate, base_lr, global_batch,
+                rule.base_batch, base_lr * k, base_lr * k * rule.start_factor(k), warmup,
+            )
+        return k, warmup
+
+    @staticmethod
+    def _with_gradual_warmup(
+        optimizer: torch.optim.Optimizer, scheduler: Any, warmup_steps: int, start_factor: float
+    ) -> GradualWarmupLR:
+        """The configured schedule (or a constant rate) under Goyal et al.'s gradual warmup."""
+        if scheduler is not None and not isinstance(scheduler, LambdaLR):
+            raise ConfigError(f"model.lr_scaling warmup needs a ptft.schedules scheduler (a LambdaLR), not "
+                              f"{type(scheduler).__name__}; set model.lr_scaling.warmup_steps=0 or change model/scheduler")
+        factors = scheduler.lr_lambdas if scheduler is not None else ConstantFactor()
+        return GradualWarmupLR(optimizer, factors, warmup_steps, start_factor)
+
+    def on_train_start(self) -> None:
+        # the effective values reach the loggers (TensorBoard) once per fit
+        if self.lr_report:
+            self.log_dict(self.lr_report, on_step=False, on_epoch=True, rank_zero_only=True)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         # The handoff rebuilds the backbone from this record: no need to repeat its config.

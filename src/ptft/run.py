@@ -19,6 +19,7 @@ from lightning.pytorch.callbacks import Callback, LearningRateMonitor
 from lightning.pytorch.loggers import Logger
 from omegaconf import DictConfig, OmegaConf
 
+from ptft.callbacks.final_checkpoint import FinalCheckpoint
 from ptft.callbacks.process_group import ProcessGroupCleanup
 from ptft.callbacks.run_record import RunRecord
 from ptft.errors import ConfigError
@@ -121,7 +122,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     model = build_model(model_cfg, pretrained)
     datamodule = build_datamodule(data_cfg, supervised=type(model).supervised)
     record = {"data": data_cfg, "model": model_cfg, "seed": cfg.get("seed"), "task_name": cfg.get("task_name")}
-    trainer = build_trainer(cfg, [RunRecord(record, output_dir), ProcessGroupCleanup()])
+    trainer = build_trainer(cfg, [RunRecord(record, output_dir), FinalCheckpoint(), ProcessGroupCleanup()])
 
     metrics: dict[str, float] = {}
     if cfg.get("train", True):

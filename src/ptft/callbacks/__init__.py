@@ -1,1 +1,1 @@
-"""Lightning callbacks: run records and image logging."""
+"""Lightning callbacks: run records, image logging, embeddings and test predictions."""

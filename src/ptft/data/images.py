@@ -4,6 +4,11 @@ A subclass only says how to load the images; this class makes the splits, keeps
 ``label_fraction`` of the labelled training set for fine-tuning (stratified, seeded),
 and serves unlabelled training batches ``(x,)`` to pretraining objectives, so they
 never see a training label. Validation and test batches are always ``(x, y)``.
+
+A pretraining run may still *monitor* its representation with the labels of the training
+images (:mod:`ptft.objectives.monitor`): ``labelled_train_dataloader`` serves them for an
+online kNN, and ``monitor_labels`` (set by an objective with an online probe) adds them to
+training batches for the probe, which only ever reads detached features.
 """
 
 from __future__ import annotations
@@ -13,7 +18,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 from sklearn.model_selection import train_test_split
-from torch.utils.data import TensorDataset
+from torch.utils.data import DataLoader, TensorDataset
 
 from ptft.data.loaders import SplitLoaders
 from ptft.errors import ConfigError
@@ -74,10 +79,16 @@ class ImageDataModule(SplitLoaders):
         self.label_fraction = label_fraction
         self.subset_seed = subset_seed
         self.with_labels = with_labels
+        #: training batches carry labels for a pretraining objective's online probe (only)
+        self.monitor_labels = False
         self.splits: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         self.indices: dict[str, np.ndarray] = {}
         if not 0.0 < label_fraction <= 1.0:
             raise ConfigError(f"data.label_fraction must be in (0, 1], got {label_fraction}")
+        if not (0.0 <= test_fraction < 1.0 and 0.0 < val_fraction < 1.0):
+            raise ConfigError(
+                f"data.test_fraction={test_fraction} must be in [0, 1) and data.val_fraction={val_fraction} in (0, 1)"
+            )
 
     # -- what a subclass provides -------------------------------------------------
     def load(self) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray] | None]:
@@ -98,7 +109,10 @@ class ImageDataModule(SplitLoaders):
         # indices into the loaded images, or into the official test set when there is one
         pool = np.arange(len(y))
         if test is None:
-            pool, test_idx = stratified_split(y, 1.0 - self.test_fraction, self.split_seed)
+            if self.test_fraction > 0:
+                pool, test_idx = stratified_split(y, 1.0 - self.test_fraction, self.split_seed)
+            else:  # no test split: every image is for training and validation
+                test_idx = np.arange(0)
             test = (x, y)
             self.indices = {"test": test_idx}
         else:
@@ -120,4 +134,11 @@ class ImageDataModule(SplitLoaders):
     # -- loaders ----------------------------------------------------------------------
     def dataset(self, split: str, train: bool) -> TensorDataset:
         x, y = self.splits[split]
-        return TensorDataset(x, y) if (self.with_labels or not train) else TensorDataset(x)
+        labelled = self.with_labels or self.monitor_labels or not train
+        return TensorDataset(x, y) if labelled else TensorDataset(x)
+
+    def labelled_train_dataloader(self) -> DataLoader:
+        """The training images with their labels, in order, for monitoring a pretraining run
+        (the online kNN's bank); no pretraining loss reads from it."""
+        x, y = self.splits["train"]
+        return DataLoader(TensorDataset(x, y), batch_size=self.eval_batch_size, shuffle=False)

@@ -1,4 +1,8 @@
-"""Autoencoder pretraining: encoder = backbone, an MLP decoder, MSE reconstruction."""
+"""Autoencoder pretraining: encoder = backbone, an MLP decoder, MSE reconstruction.
+
+The representation is monitored on labelled images (``model.knn``, ``model.online_probe``;
+see :mod:`ptft.objectives.monitor`); the reconstruction loss never sees a label.
+"""
 
 from __future__ import annotations
 
@@ -11,6 +15,7 @@ import torch.nn.functional as F
 from ptft.callbacks.images import image_grid, log_image
 from ptft.module import BackboneModule
 from ptft.nn.heads import ImageDecoder
+from ptft.objectives.monitor import FeatureMonitor
 
 
 class Autoencoder(BackboneModule):
@@ -24,29 +29,57 @@ class Autoencoder(BackboneModule):
         scheduler: Mapping[str, Any] | None = None,
         decoder_hidden_dims: Sequence[int] = (256,),
         num_logged_images: int = 32,
+        num_classes: int | None = None,
+        knn: Mapping[str, Any] | None = None,
+        online_probe: Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__(backbone, input_shape, optimizer, scheduler)
         self.save_hyperparameters()
         self.decoder = ImageDecoder(self.backbone.out_dim, self.input_shape, decoder_hidden_dims)
         self.num_logged_images = num_logged_images
         self._grid_inputs: torch.Tensor | None = None
+        self.feature_monitor = FeatureMonitor(self.backbone.out_dim, num_classes, knn, online_probe)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.decoder(self.backbone(x))
 
-    def _loss(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        recon = self(x)
-        return F.mse_loss(recon.float(), x.float()), recon
+    def _loss(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(MSE, reconstruction, backbone features)`` of a batch of images."""
+        features = self.backbone(x)
+        recon = self.decoder(features)
+        return F.mse_loss(recon.float(), x.float()), recon, features
 
+    # -- the monitors' hooks (labels for them only) ------------------------------------
+    def setup(self, stage: str) -> None:
+        if stage == "fit":
+            self.feature_monitor.request_train_labels(self.trainer.datamodule)
+
+    def extra_param_groups(self) -> list[dict[str, Any]]:
+        return self.feature_monitor.param_groups()
+
+    def _end_eval_epoch(self, stage: str) -> None:
+        if self.trainer.sanity_checking:
+            self.feature_monitor.reset()
+            return
+        for name, value in self.feature_monitor.end_epoch(self.backbone, self.trainer.datamodule, stage).items():
+            self.log(f"{stage}/{name}", value)
+
+    # -- steps ----------------------------------------------------------------------------
     def training_step(self, batch: Sequence[torch.Tensor], batch_idx: int) -> torch.Tensor:
-        loss, _ = self._loss(batch[0])
+        loss, _, features = self._loss(batch[0])
         self.log("train/loss", loss, prog_bar=True)
-        return loss
+        # labels come with the batch only for the online probe, which reads detached features
+        probe_loss = self.feature_monitor.probe_loss(features, batch[1] if len(batch) > 1 else None)
+        if probe_loss is None:
+            return loss
+        self.log("train/probe_loss", probe_loss)
+        return loss + probe_loss
 
     def validation_step(self, batch: Sequence[torch.Tensor], batch_idx: int) -> None:
-        x = batch[0]
-        loss, recon = self._loss(x)
+        x, y = batch
+        loss, recon, features = self._loss(x)
         self.log("val/loss", loss, prog_bar=True, sync_dist=True)
+        self.feature_monitor.observe(features, y, "val")
         if batch_idx == 0 and self.num_logged_images > 0:
             n = self.num_logged_images
             self._grid_inputs = torch.cat([x[:n], recon[:n].to(x.dtype)])
@@ -57,7 +90,13 @@ class Autoencoder(BackboneModule):
             # top rows: inputs; bottom rows: their reconstructions
             log_image(self, "val/reconstructions", image_grid(self._grid_inputs, ncol=min(n, 16)))
         self._grid_inputs = None
+        self._end_eval_epoch("val")
 
     def test_step(self, batch: Sequence[torch.Tensor], batch_idx: int) -> None:
-        loss, _ = self._loss(batch[0])
+        x, y = batch
+        loss, _, features = self._loss(x)
         self.log("test/loss", loss, sync_dist=True)
+        self.feature_monitor.observe(features, y, "test")
+
+    def on_test_epoch_end(self) -> None:
+        self._end_eval_epoch("test")

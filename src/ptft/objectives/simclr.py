@@ -3,6 +3,9 @@
 Views are drawn on the device, after the batch has been moved there. Under DDP the
 projections are gathered from every process with gradients, so the negatives are the
 whole global batch, exactly as with one process and the global batch size.
+
+The representation is monitored on labelled images (``model.knn``, ``model.online_probe``;
+see :mod:`ptft.objectives.monitor`); the contrastive loss never sees a label.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from ptft.data.augment import Augment
 from ptft.module import BackboneModule
 from ptft.nn.heads import ProjectionHead
 from ptft.objectives.losses import nt_xent
+from ptft.objectives.monitor import FeatureMonitor
 
 
 class SimCLR(BackboneModule):
@@ -31,32 +35,76 @@ class SimCLR(BackboneModule):
         projection_hidden_dim: int = 256,
         projection_dim: int = 64,
         augment: Mapping[str, Any] | None = None,
+        num_classes: int | None = None,
+        knn: Mapping[str, Any] | None = None,
+        online_probe: Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__(backbone, input_shape, optimizer, scheduler)
         self.save_hyperparameters()
         self.temperature = temperature
         self.projector = ProjectionHead(self.backbone.out_dim, projection_hidden_dim, projection_dim)
         self.augment = Augment(**(augment or {}))
+        self.feature_monitor = FeatureMonitor(self.backbone.out_dim, num_classes, knn, online_probe)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.projector(self.backbone(x))
 
-    def contrastive_loss(self, x: torch.Tensor) -> torch.Tensor:
-        z1, z2 = self(self.augment(x)), self(self.augment(x))
-        if self.trainer is not None and self.trainer.world_size > 1:
+    def views(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Backbone features of a first random view, and the projections of two views."""
+        h1 = self.backbone(self.augment(x))
+        h2 = self.backbone(self.augment(x))
+        return h1, self.projector(h1), self.projector(h2)
+
+    def contrastive_loss(self, z1: torch.Tensor, z2: torch.Tensor) -> torch.Tensor:
+        if self._trainer is not None and self.trainer.world_size > 1:
             z1_all = self.all_gather(z1, sync_grads=True).flatten(0, 1)
             z2_all = self.all_gather(z2, sync_grads=True).flatten(0, 1)
             offset = self.global_rank * z1.shape[0]
             return nt_xent(z1, z2, self.temperature, z1_all=z1_all, z2_all=z2_all, offset=offset)
         return nt_xent(z1, z2, self.temperature)
 
+    # -- the monitors' hooks (labels for them only) ------------------------------------
+    def setup(self, stage: str) -> None:
+        if stage == "fit":
+            self.feature_monitor.request_train_labels(self.trainer.datamodule)
+
+    def extra_param_groups(self) -> list[dict[str, Any]]:
+        return self.feature_monitor.param_groups()
+
+    # -- steps ----------------------------------------------------------------------------
     def training_step(self, batch: Sequence[torch.Tensor], batch_idx: int) -> torch.Tensor:
-        loss = self.contrastive_loss(batch[0])
+        h1, z1, z2 = self.views(batch[0])
+        loss = self.contrastive_loss(z1, z2)
         self.log("train/loss", loss, prog_bar=True)
-        return loss
+        # labels come with the batch only for the online probe, which reads detached features
+        probe_loss = self.feature_monitor.probe_loss(h1, batch[1] if len(batch) > 1 else None)
+        if probe_loss is None:
+            return loss
+        self.log("train/probe_loss", probe_loss)
+        return loss + probe_loss
+
+    def _eval_step(self, batch: Sequence[torch.Tensor], stage: str) -> None:
+        x, y = batch
+        _, z1, z2 = self.views(x)
+        self.log(f"{stage}/loss", self.contrastive_loss(z1, z2), prog_bar=stage == "val", sync_dist=True)
+        if self.feature_monitor.active:
+            self.feature_monitor.observe(self.backbone(x), y, stage)
+
+    def _end_eval_epoch(self, stage: str) -> None:
+        if self.trainer.sanity_checking:
+            self.feature_monitor.reset()
+            return
+        for name, value in self.feature_monitor.end_epoch(self.backbone, self.trainer.datamodule, stage).items():
+            self.log(f"{stage}/{name}", value)
 
     def validation_step(self, batch: Sequence[torch.Tensor], batch_idx: int) -> None:
-        self.log("val/loss", self.contrastive_loss(batch[0]), prog_bar=True, sync_dist=True)
+        self._eval_step(batch, "val")
+
+    def on_validation_epoch_end(self) -> None:
+        self._end_eval_epoch("val")
 
     def test_step(self, batch: Sequence[torch.Tensor], batch_idx: int) -> None:
-        self.log("test/loss", self.contrastive_loss(batch[0]), sync_dist=True)
+        self._eval_step(batch, "test")
+
+    def on_test_epoch_end(self) -> None:
+        self._end_eval_epoch("test")

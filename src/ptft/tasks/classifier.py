@@ -1,7 +1,9 @@
 """Image classification: backbone + linear head, trained with cross-entropy.
 
 ``finetune="full"`` trains everything; ``finetune="linear_probe"`` freezes the backbone
-(weights and batch-norm statistics) and trains only the head.
+(weights and batch-norm statistics) and trains only the head; ``finetune="gradual_unfreeze"``
+(Howard & Ruder 2018) starts like the linear probe and unfreezes one backbone layer group
+per ``unfreeze_epochs`` epochs, from the top down (:mod:`ptft.callbacks.unfreeze`).
 """
 
 from __future__ import annotations
@@ -11,15 +13,18 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from lightning.pytorch.callbacks import Callback
 from torch import nn
 from torchmetrics import MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
 
+from ptft.callbacks.unfreeze import GradualUnfreezing, frozen_groups
 from ptft.data.augment import Augment
 from ptft.errors import ConfigError
 from ptft.module import BackboneModule
+from ptft.optim import layer_groups_of
 
-FINETUNE_MODES = ("full", "linear_probe")
+FINETUNE_MODES = ("full", "linear_probe", "gradual_unfreeze")
 
 
 class Classifier(BackboneModule):
@@ -38,20 +43,32 @@ class Classifier(BackboneModule):
         augment: Mapping[str, Any] | None = None,
         head_dropout: float = 0.0,
         label_smoothing: float = 0.0,
+        unfreeze_epochs: int = 1,
+        discriminative_lr: float | None = None,
+        lr_scaling: Mapping[str, Any] | None = None,
     ) -> None:
         if finetune not in FINETUNE_MODES:
             raise ConfigError(f"model.finetune='{finetune}' is not one of {list(FINETUNE_MODES)}")
+        if unfreeze_epochs < 1:
+            raise ConfigError(f"model.unfreeze_epochs={unfreeze_epochs}: give at least 1 epoch per stage")
         super().__init__(backbone, input_shape, optimizer, scheduler)
         self.save_hyperparameters()
+        self.configure_lr(discriminative_lr, lr_scaling)
         self.finetune = finetune
+        self.unfreeze_epochs = unfreeze_epochs
         self.label_smoothing = label_smoothing
         self.head = nn.Sequential(nn.Dropout(head_dropout), nn.Linear(self.backbone.out_dim, num_classes))
         self.augment = Augment(**augment) if augment is not None else None
-        if finetune == "linear_probe":
+        if finetune == "gradual_unfreeze":
+            layer_groups_of(self.backbone, "model.finetune=gradual_unfreeze")  # fail now, not at epoch 1
+            # frozen parameters go into the optimizer from the start: without gradients
+            # they are skipped, and unfreezing them later needs no new optimizer
+            self.optimize_frozen = True
+        if finetune != "full":
             self.backbone.requires_grad_(False)
             # Lightning keeps the modes modules have (it no longer calls .train() at fit
             # start), so the frozen backbone is put in eval mode here, and kept there by train()
-            self.backbone.eval()
+            self.train()
         metrics = MetricCollection(
             {
                 "acc": MulticlassAccuracy(num_classes, average="micro"),
@@ -63,12 +80,23 @@ class Classifier(BackboneModule):
 
     @property
     def frozen(self) -> bool:
+        """Whether the whole backbone stays frozen (the linear probe)."""
         return self.finetune == "linear_probe"
+
+    def configure_callbacks(self) -> list[Callback]:
+        # the model asks for its own schedule of unfreezing: no run config has to add it
+        if self.finetune == "gradual_unfreeze":
+            return [GradualUnfreezing(self.unfreeze_epochs)]
+        return []
 
     def train(self, mode: bool = True) -> Classifier:
         super().train(mode)
-        if self.frozen:  # a frozen backbone keeps its batch-norm statistics too
+        # a frozen backbone (or layer group) keeps its batch-norm statistics too
+        if self.frozen:
             self.backbone.eval()
+        elif self.finetune == "gradual_unfreeze":
+            for group in frozen_groups(self.backbone.layer_groups()):
+                group.eval()
         return self
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
@@ -90,15 +118,17 @@ class Classifier(BackboneModule):
         self.log("train/acc", (logits.argmax(1) == y).float().mean())
         return loss
 
-    def _evaluate(self, batch: Sequence[torch.Tensor], stage: str, metrics: MetricCollection) -> None:
+    def _evaluate(self, batch: Sequence[torch.Tensor], stage: str, metrics: MetricCollection) -> torch.Tensor:
         x, y = batch
         logits = self(x)
         self.log(f"{stage}/loss", F.cross_entropy(logits.float(), y), prog_bar=stage == "val", sync_dist=True)
         metrics.update(logits, y)
         self.log_dict(metrics, prog_bar=stage == "val")
+        return logits
 
     def validation_step(self, batch: Sequence[torch.Tensor], batch_idx: int) -> None:
         self._evaluate(batch, "val", self.val_metrics)
 
-    def test_step(self, batch: Sequence[torch.Tensor], batch_idx: int) -> None:
-        self._evaluate(batch, "test", self.test_metrics)
+    def test_step(self, batch: Sequence[torch.Tensor], batch_idx: int) -> torch.Tensor:
+        # the logits go to on_test_batch_end: ptft-eval saves the predictions from them
+        return self._evaluate(batch, "test", self.test_metrics)

@@ -32,9 +32,15 @@ class SequenceClassifier(Classifier):
         pooling: str = "auto",
         head_dropout: float = 0.1,
         label_smoothing: float = 0.0,
+        unfreeze_epochs: int = 1,
+        discriminative_lr: float | None = None,
+        lr_scaling: Mapping[str, Any] | None = None,
     ) -> None:
-        super().__init__(backbone, input_shape, num_classes, optimizer, scheduler, finetune, None,
-                         head_dropout, label_smoothing)
+        super().__init__(
+            backbone, input_shape, num_classes, optimizer, scheduler, finetune, augment=None,
+            head_dropout=head_dropout, label_smoothing=label_smoothing, unfreeze_epochs=unfreeze_epochs,
+            discriminative_lr=discriminative_lr, lr_scaling=lr_scaling,
+        )
         self.save_hyperparameters()
         if not hasattr(self.backbone, "token_embedding"):
             raise ConfigError("model=sequence_classifier needs a token backbone; use model/backbone=transformer")

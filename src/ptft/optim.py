@@ -1,0 +1,190 @@
+"""Optimizer parameter groups: discriminative (layer-wise) learning rates, selective
+weight decay, and the linear learning-rate scaling rule.
+
+* Discriminative fine-tuning (Howard & Ruder 2018, ULMFiT §3.2): each layer group trains
+  at the rate of the group above divided by a factor (the paper's 2.6),
+  ``η^{l−1} = η^l / factor``. As in ULMFiT (and BEiT's layer decay) the new task head is
+  the top group at the configured rate; the backbone's top layer group gets
+  ``lr / factor``, the one below ``lr / factor²``, and so on down to the input.
+* Weight decay only on weights of two or more dimensions (linear and conv kernels, token
+  embeddings); never on biases, norm scales and shifts, or learned position embeddings.
+* Linear scaling (Goyal et al. 2017 §2.1): ``lr = base_lr × global_batch / base_batch``.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from torch import nn
+
+from ptft.errors import ConfigError
+
+#: ULMFiT's factor between the rates of neighbouring layer groups
+ULMFIT_FACTOR = 2.6
+
+# position_embedding, positional_embedding, pos_embed, pos_emb …
+_POSITION = re.compile(r"pos(ition)?(al)?_?emb")
+
+
+def decays(name: str, param: nn.Parameter) -> bool:
+    """Whether weight decay applies to the parameter called ``name``.
+
+    Only weights of two or more dimensions decay: 1-D parameters are biases and the scales
+    and shifts of batch/layer norms, which set offsets and scales rather than the model's
+    capacity, and decaying them only fights the normalisation. A learned position
+    embedding is 2-D but is an additive offset per position, a bias in all but shape, so
+    it does not decay either (as in ViT/timm). Token embeddings do decay: they are a weight
+    matrix like any other, and for a language model tied to the output layer they *are*
+    that layer's weight (nanoGPT and BERT decay them too).
+    """
+    return param.ndim >= 2 and not _POSITION.search(name)
+
+
+def layer_groups_of(backbone: nn.Module, key: str) -> list[nn.Module]:
+    """The backbone's layer groups, bottom to top, checked for what ``key`` needs of them.
+
+    Raises :class:`ConfigError` when the backbone lists none, or when some of its parameters
+    are in no group (they would silently never train, or train at a guessed rate).
+    """
+    try:
+        groups = list(backbone.layer_groups())  # type: ignore[operator]
+    except (AttributeError, NotImplementedError):
+        groups = []
+    name = type(backbone).__name__
+    if not groups:
+        raise ConfigError(f"{key} needs a backbone with layer groups, and {name} lists none; "
+                          f"implement {name}.layer_groups() or choose another backbone")
+    grouped = {id(p) for group in groups for p in group.parameters()}
+    missing = [n for n, p in backbone.named_parameters() if id(p) not in grouped]
+    if missing:
+        raise ConfigError(f"{key}: parameters of {name} in no layer group: {', '.join(missing)}; "
+                          f"add them to {name}.layer_groups()")
+    return groups
+
+
+def layer_rates(lr: float, num_groups: int, factor: float) -> list[float]:
+    """Rates of ``num_groups`` backbone layer groups, bottom to top, with the head at ``lr``
+    above them: group ``i`` gets ``lr / factor^(num_groups − i)``."""
+    return [lr / factor ** (num_groups - i) for i in range(num_groups)]
+
+
+def param_groups(
+    model: nn.Module,
+    lr: float,
+    discriminative_lr: float | None = None,
+    include_frozen: bool = False,
+    exclude: Iterable[nn.Parameter] = (),
+) -> list[dict[str, Any]]:
+    """Optimizer parameter groups for ``model`` (which holds its backbone as ``model.backbone``).
+
+    One rate for everything, or with ``discriminative_lr`` one rate per backbone layer group
+    and ``lr`` for the rest (the head); each rate split into a decay group, which takes the
+    optimizer's configured weight decay, and a ``weight_decay=0`` group. Frozen parameters
+    are left out unless ``include_frozen`` (gradual unfreezing puts them in from the start:
+    without a gradient the optimizer skips them, and unfreezing needs no new optimizer).
+    ``exclude`` are parameters placed elsewhere (``BackboneModule.extra_param_groups``).
+    Every other parameter lands in exactly one group; empty groups are dropped.
+    """
+    # rate groups: (name, lr), and the rate group of each backbone parameter
+    rates: list[tuple[str, float]] = [("", lr)]
+    rate_of: dict[int, int] = {}
+    if discriminative_lr is not None and discriminative_lr != 1.0:
+        groups = layer_groups_of(model.backbone, "model.discriminative_lr")
+        rates = [(f"backbone.{i}", r) for i, r in enumerate(layer_rates(lr, len(groups), discriminative_lr))]
+        rates.append(("head", lr))
+        for i, group in enumerate(groups):
+            for p in group.parameters():
+                # a parameter shared by two groups trains at the lower group's rate
+                rate_of.setdefault(id(p), i)
+    head = len(rates) - 1
+
+    skip = {id(p) for p in exclude}
+    members: dict[tuple[int, bool], list[nn.Parameter]] = {}
+    # named_parameters() yields a shared (tied) parameter once, so none is in two groups
+    for name, p in model.named_parameters():
+        if id(p) in skip or not (p.requires_grad or include_frozen):
+            continue
+        members.setdefault((rate_of.get(id(p), head), decays(name, p)), []).append(p)
+
+    out = []
+    for index, (label, rate) in enumerate(rates):
+        for decay in (True, False):
+            params = members.get((index, decay))
+            if not params:
+                continue
+            kind = "decay" if decay else "no_decay"
+            group: dict[str, Any] = {"name": f"{label}/{kind}" if label else kind, "params": params, "lr": rate}
+            if not decay:
+                group["weight_decay"] = 0.0
+            out.append(group)
+    return out
+
+
+# ---------------------------------------------------------------- linear scaling rule
+@dataclass(frozen=True)
+class LRScaling:
+    """Goyal et al. 2017's linear scaling rule with gradual warmup, as configured.
+
+    ``base_batch`` is the batch size ``model.optimizer.lr`` was tuned for; the warmup
+    lasts ``warmup_steps`` optimizer steps when given, else ``warmup_epochs`` epochs.
+    """
+
+    base_batch: int
+    warmup_epochs: float = 5.0  # the paper's
+    warmup_steps: int | None = None
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any] | None) -> LRScaling | None:
+        """``model.lr_scaling`` checked: None when it is off (None, or ``enabled`` false; a
+        mapping without ``enabled`` is on), else a complete rule; ConfigError otherwise."""
+        if config is None:
+            return None
+        config = dict(config)
+        unknown = set(config) - {"enabled", "base_batch", "warmup_epochs", "warmup_steps"}
+        if unknown:
+            raise ConfigError(f"model.lr_scaling: unknown keys {sorted(unknown)}; "
+                              "it takes enabled, base_batch, warmup_epochs and warmup_steps")
+        if not config.get("enabled", True):
+            return None
+        base_batch = config.get("base_batch")
+        if not base_batch or base_batch < 1:
+            raise ConfigError("model.lr_scaling.base_batch is not set: give the batch size model.optimizer.lr "
+                              "was tuned for (e.g. model.lr_scaling.base_batch=256)")
+        warmup_epochs = config.get("warmup_epochs", cls.warmup_epochs) or 0.0
+        warmup_steps = config.get("warmup_steps")
+        if warmup_epochs < 0 or (warmup_steps is not None and warmup_steps < 0):
+            raise ConfigError("model.lr_scaling.warmup_epochs and model.lr_scaling.warmup_steps must be >= 0")
+        return cls(int(base_batch), float(warmup_epochs), None if warmup_steps is None else int(warmup_steps))
+
+    def global_batch(self, per_device_batch: int, world_size: int, accumulate_grad_batches: int) -> int:
+        """Examples per optimizer step: every device of every node, times the accumulated batches."""
+        return per_device_batch * world_size * accumulate_grad_batches
+
+    def scale(self, global_batch: int) -> float:
+        """``k = global_batch / base_batch``; the effective rate is ``k`` times the base rate."""
+        return global_batch / self.base_batch
+
+    def warmup_length(self, steps_per_epoch: int) -> int:
+        """The warmup in optimizer steps."""
+        if self.warmup_steps is not None:
+            return self.warmup_steps
+        return round(self.warmup_epochs * steps_per_epoch)
+
+    @staticmethod
+    def start_factor(k: float) -> float:
+        """Where the warmup starts, as a fraction of the scaled rate ``kη``: at the un-scaled
+        rate ``η``, i.e. ``1/k``. A scale ``k ≤ 1`` needs no warmup (factor 1): the rule
+        lowers the rate, and warming "up" from the higher base rate would defeat it."""
+        return min(1.0, 1.0 / k)
+
+
+def steps_per_epoch(num_training_batches: float, accumulate_grad_batches: int) -> int | None:
+    """Optimizer steps per epoch, counted as Lightning's ``estimated_stepping_batches`` does
+    (None for an iterable data set of unknown length)."""
+    if math.isinf(num_training_batches):
+        return None
+    return math.ceil(num_training_batches / accumulate_grad_batches)
