@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import ast
 import hashlib
-import inspect
 import json
 import logging
 import math
@@ -20,7 +19,6 @@ import pytest
 import torch
 from tokenizers import Tokenizer, models
 
-from ptft import config as schemas
 from ptft.data.text_files import TextFilesDataModule
 from ptft.data.tokenizer import (
     EOS_ID,
@@ -30,7 +28,6 @@ from ptft.data.tokenizer import (
     train_tokenizer,
 )
 from ptft.errors import ConfigError
-from ptft.nn.backbone import locate
 from ptft.run import train
 
 from .conftest import QUIET, compose_train
@@ -233,30 +230,6 @@ def test_lm_pretrains_on_text_files_through_hydra(model, tmp_path):
     # one step from GPT-2 init: near-uniform predictions over the vocabulary
     assert metrics["train/loss"] == pytest.approx(math.log(MIN_VOCAB_SIZE), abs=0.3)
     assert math.isfinite(metrics["val/loss"]) and math.isfinite(metrics["test/loss"])
-
-
-# -- schemas -----------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize(
-    "schema, target",
-    [
-        (schemas.TextDataConfig, "ptft.data.text.PydocTextDataModule"),
-        (schemas.TextFilesDataConfig, "ptft.data.text_files.TextFilesDataModule"),
-        (schemas.HFTextDataConfig, "ptft.data.hf_text.HFTextDataModule"),
-    ],
-)
-def test_schema_fields_are_the_constructor_arguments(schema, target):
-    cls = locate(target)
-    params = {
-        name
-        for c in cls.__mro__
-        if "__init__" in vars(c) and c.__module__.startswith("ptft")
-        for name in inspect.signature(c.__init__).parameters
-        if name not in ("self", "with_labels")
-    }
-    assert set(schema.__dataclass_fields__) - {"_target_"} == params
-    assert schema._target_ == target
 
 
 # -- Hugging Face datasets ---------------------------------------------------------------

@@ -51,22 +51,10 @@ class HFTextDataModule(TokenBlocksDataModule):
         data_files: str | Sequence[str] | Mapping[str, Any] | None = None,
         text_column: str = "text",
         splits: Mapping[str, str] | None = None,
-        vocab_size: int = 8192,
-        block_size: int = 128,
-        batch_size: int = 32,
-        eval_batch_size: int = 64,
-        num_workers: int = 0,
-        split_seed: int = 0,
-        val_fraction: float = 0.05,
-        test_fraction: float = 0.05,
-        tokenizer: str | None = None,
-        with_labels: bool = False,
+        **kwargs: Any,
     ) -> None:
-        super().__init__(
-            cache_dir, input_shape, vocab_size=vocab_size, block_size=block_size, batch_size=batch_size,
-            eval_batch_size=eval_batch_size, num_workers=num_workers, split_seed=split_seed,
-            val_fraction=val_fraction, test_fraction=test_fraction, tokenizer=tokenizer, with_labels=with_labels,
-        )
+        # the token-block settings (vocab_size, block_size, batches, split, tokenizer) are the base's
+        super().__init__(cache_dir, input_shape, **kwargs)
         unknown = set(splits or {}) - set(SPLITS)
         if unknown:
             raise ConfigError(f"data.splits has unknown keys {sorted(unknown)}; use only train, val and test")
