@@ -68,7 +68,7 @@ def test_results_csv_has_one_row_per_fraction_method_and_seed(pipeline_run):
     rows = csv_rows(pipeline_run)
     assert {"task", "label_fraction", "method", "seed", "test/acc", "test/f1", "seconds"} <= set(rows[0])
     keys = sorted((r["task"], float(r["label_fraction"]), r["method"], int(r["seed"])) for r in rows)
-    methods = ["finetune", "linear_probe", "scratch", "svc"]
+    methods = ["discriminative_lr", "finetune", "gradual_unfreeze", "linear_probe", "scratch", "svc"]
     expected = sorted([("digits", 0.02, m, s) for m in methods for s in (0, 1)] +
                       [("digits", 0.1, m, 0) for m in methods])
     assert keys == expected
@@ -90,20 +90,21 @@ def test_svc_baseline_uses_the_same_labelled_subsets(pipeline_run):
 def test_markdown_table_plot_and_tensorboard(pipeline_run):
     rows = csv_rows(pipeline_run)
     table = (pipeline_run / "results.md").read_text()
-    assert "| label fraction | scratch | linear_probe | finetune | svc |" in table
+    assert "| label fraction | scratch | linear_probe | finetune | gradual_unfreeze | discriminative_lr | svc |" in table
     accs = [float(r["test/acc"]) for r in rows if r["method"] == "scratch" and r["label_fraction"] == "0.02"]
     assert f"{100 * np.mean(accs):.1f} ± {100 * np.std(accs):.1f} (n=2)" in table
     assert (pipeline_run / "label_efficiency.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert (pipeline_run / "pretrain" / "checkpoints" / "last.ckpt").is_file()
     events = list(pipeline_run.rglob("events.out.tfevents.*"))
     # the pretraining, every fine-tuning run, and the summary all log under the one run directory
-    assert len({e.parent for e in events}) >= 1 + 9 + 1
+    assert len({e.parent for e in events}) >= 1 + 15 + 1
     # fine-tuning runs inside the study write no checkpoints
     assert not list((pipeline_run / "finetune").rglob("*.ckpt"))
 
 
 # --------------------------------------------------------------------- text study
-TEXT_TASKS = {"package": (["scratch", "linear_probe", "finetune"], [0.1, 0.3, 1.0]),
+TEXT_TASKS = {"package": (["scratch", "linear_probe", "finetune", "gradual_unfreeze", "discriminative_lr"],
+                         [0.1, 0.3, 1.0]),
               "names": (["scratch", "finetune"], [1.0])}
 
 

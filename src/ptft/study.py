@@ -27,9 +27,10 @@ from ptft.run import build_datamodule, plain, train
 
 log = logging.getLogger(__name__)
 
-#: scratch: random init | linear_probe, finetune: the pretrained backbone (how each freezes or
-#: steps comes from the task's method_overrides) | svc: SVC on raw pixels (images only)
-METHODS = ("scratch", "linear_probe", "finetune", "svc")
+#: scratch: random init | linear_probe, finetune, gradual_unfreeze, discriminative_lr: the
+#: pretrained backbone (how each freezes or steps comes from the task's method_overrides) |
+#: svc: SVC on raw pixels (images only)
+METHODS = ("scratch", *PRETRAINED_METHODS, "svc")
 #: what the SVC baseline measures
 SVC_METRICS = ("test/acc", "test/f1")
 #: fine-tuning runs inside the study write no checkpoints and draw no progress bars; they are
