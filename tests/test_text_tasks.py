@@ -190,10 +190,13 @@ def test_classifier_fine_tunes_from_a_gpt_with_its_tokenizer(pretrained, cache_d
     assert manifest["content_hash"] == corpus["content_hash"] == ckpt["ptft_data_manifest"]["content_hash"]
 
 
-def test_generator_takes_the_whole_gpt_and_refuses_a_bert(pretrained, cache_dir, tmp_path):
+def test_generator_takes_the_whole_gpt_and_refuses_a_bert(pretrained, cache_dir, tmp_path, caplog):
     gpt_ckpt = torch.load(pretrained["pydoc_gpt"] / "checkpoints" / "last.ckpt", weights_only=True)
     cfg = compose_train(["experiment=pydoc_name_generator", f"model.pretrained={pretrained['pydoc_gpt']}"], tmp_path)
-    model = build_model(plain(cfg.model))
+    with caplog.at_level("INFO", logger="ptft.handoff"):
+        model = build_model(plain(cfg.model))
+    # the tied head is neither new nor skipped: it is the loaded embedding
+    assert "new: 0 tensors (none); skipped from the checkpoint: 0 tensors (none)" in caplog.text
     # the output layer is tied to the embedding, so the pretrained head comes along
     assert torch.equal(model.lm_head.weight, gpt_ckpt["state_dict"]["backbone.token_embedding.weight"])
 

@@ -72,7 +72,9 @@ def read_pretrained(path: str | Path) -> Pretrained:
             f"model.pretrained={file} has no backbone (no 'backbone.*' weights and backbone record); "
             "pass a checkpoint written by a ptft run"
         )
-    skipped = sorted(k for k in state if not k.startswith(PREFIX))
+    # a tensor tied to a backbone weight (an LM head sharing the token embedding) comes along
+    shared = {v.data_ptr() for v in weights.values()}
+    skipped = sorted(k for k, v in state.items() if not k.startswith(PREFIX) and v.data_ptr() not in shared)
     tokenizer = checkpoint.get("ptft_tokenizer")
     return Pretrained(file, dict(record["config"]), list(record["input_shape"]), weights, skipped,
                       tokenizer if isinstance(tokenizer, str) else None)
@@ -130,10 +132,13 @@ def load_backbone(module: torch.nn.Module, pretrained: Pretrained) -> dict[str, 
         )
         raise ConfigError(f"the backbone in {pretrained.path} does not fit this model ({detail}){shapes}")
     module.backbone.load_state_dict(pretrained.weights, strict=True)
-    new = sorted({k.split(".")[0] for k in module.state_dict() if not k.startswith(PREFIX)})
+    # tensors outside the backbone that are not tied to one of its weights start untrained
+    shared = {v.data_ptr() for v in module.backbone.state_dict().values()}
+    own_new = [k for k, v in module.state_dict().items() if not k.startswith(PREFIX) and v.data_ptr() not in shared]
+    new = sorted({k.split(".")[0] for k in own_new})
     report = {
         "loaded": len(pretrained.weights),
-        "new": sum(1 for k in module.state_dict() if not k.startswith(PREFIX)),
+        "new": len(own_new),
         "skipped": len(pretrained.skipped),
     }
     log.info(
