@@ -22,5 +22,8 @@ class FinalCheckpoint(L.Callback):
             return
         if trainer.fast_dev_run:
             return  # Lightning writes no checkpoints in a fast_dev_run
-        name = f"{callback.CHECKPOINT_NAME_LAST}{callback.FILE_EXTENSION}"
-        trainer.save_checkpoint(str(Path(callback.dirpath) / name))  # rank 0 writes; every rank calls
+        path = Path(callback.dirpath) / f"{callback.CHECKPOINT_NAME_LAST}{callback.FILE_EXTENSION}"
+        # already saved at this very step (the metric improved last): keep Lightning's own file
+        if getattr(callback, "_last_global_step_saved", None) == trainer.global_step and path.is_file():
+            return
+        trainer.save_checkpoint(str(path))  # rank 0 writes; every rank calls
