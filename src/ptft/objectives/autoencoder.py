@@ -15,10 +15,10 @@ import torch.nn.functional as F
 from ptft.callbacks.images import image_grid, log_image
 from ptft.module import BackboneModule
 from ptft.nn.heads import ImageDecoder
-from ptft.objectives.monitor import FeatureMonitor
+from ptft.objectives.monitor import FeatureMonitor, MonitoredObjective
 
 
-class Autoencoder(BackboneModule):
+class Autoencoder(MonitoredObjective, BackboneModule):
     """Reconstructs the input image from the backbone's features (pixels in [0, 1])."""
 
     def __init__(
@@ -49,31 +49,11 @@ class Autoencoder(BackboneModule):
         recon = self.decoder(features)
         return F.mse_loss(recon.float(), x.float()), recon, features
 
-    # -- the monitors' hooks (labels for them only) ------------------------------------
-    def setup(self, stage: str) -> None:
-        if stage == "fit":
-            self.feature_monitor.request_train_labels(self.trainer.datamodule)
-
-    def extra_param_groups(self) -> list[dict[str, Any]]:
-        return self.feature_monitor.param_groups()
-
-    def _end_eval_epoch(self, stage: str) -> None:
-        if self.trainer.sanity_checking:
-            self.feature_monitor.reset()
-            return
-        for name, value in self.feature_monitor.end_epoch(self.backbone, self.trainer.datamodule, stage).items():
-            self.log(f"{stage}/{name}", value)
-
     # -- steps ----------------------------------------------------------------------------
     def training_step(self, batch: Sequence[torch.Tensor], batch_idx: int) -> torch.Tensor:
         loss, _, features = self._loss(batch[0])
         self.log("train/loss", loss, prog_bar=True)
-        # labels come with the batch only for the online probe, which reads detached features
-        probe_loss = self.feature_monitor.probe_loss(features, batch[1] if len(batch) > 1 else None)
-        if probe_loss is None:
-            return loss
-        self.log("train/probe_loss", probe_loss)
-        return loss + probe_loss
+        return self.with_probe_loss(loss, features, batch)
 
     def validation_step(self, batch: Sequence[torch.Tensor], batch_idx: int) -> None:
         x, y = batch

@@ -160,3 +160,34 @@ def _check_knn(knn: Mapping[str, Any]) -> dict[str, Any]:
     if temperature is not None and temperature <= 0:
         raise ConfigError(f"model.knn.temperature={temperature} must be positive, or null for uniform votes")
     return {"k": k, "temperature": None if temperature is None else float(temperature)}
+
+
+class MonitoredObjective:
+    """The hooks an image objective needs around its :class:`FeatureMonitor` (mixed into a
+    ``BackboneModule`` that sets ``self.feature_monitor``): labelled training images for the
+    kNN bank, the probe's own optimizer group, the probe's loss, and the epoch-end metrics."""
+
+    feature_monitor: FeatureMonitor
+
+    def setup(self, stage: str) -> None:
+        if stage == "fit":
+            self.feature_monitor.request_train_labels(self.trainer.datamodule)
+
+    def extra_param_groups(self) -> list[dict[str, Any]]:
+        return self.feature_monitor.param_groups()
+
+    def with_probe_loss(self, loss: Tensor, features: Tensor, batch: tuple[Tensor, ...] | list[Tensor]) -> Tensor:
+        """``loss`` plus the online probe's loss; labels come with the batch only for the probe,
+        which reads detached features, so they never shape the representation."""
+        probe_loss = self.feature_monitor.probe_loss(features, batch[1] if len(batch) > 1 else None)
+        if probe_loss is None:
+            return loss
+        self.log("train/probe_loss", probe_loss)
+        return loss + probe_loss
+
+    def _end_eval_epoch(self, stage: str) -> None:
+        if self.trainer.sanity_checking:
+            self.feature_monitor.reset()
+            return
+        for name, value in self.feature_monitor.end_epoch(self.backbone, self.trainer.datamodule, stage).items():
+            self.log(f"{stage}/{name}", value)

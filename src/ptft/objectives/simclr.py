@@ -19,10 +19,10 @@ from ptft.data.augment import Augment
 from ptft.module import BackboneModule
 from ptft.nn.heads import ProjectionHead
 from ptft.objectives.losses import nt_xent
-from ptft.objectives.monitor import FeatureMonitor
+from ptft.objectives.monitor import FeatureMonitor, MonitoredObjective
 
 
-class SimCLR(BackboneModule):
+class SimCLR(MonitoredObjective, BackboneModule):
     """Contrastive pretraining of ``backbone`` with NT-Xent at ``temperature``."""
 
     def __init__(
@@ -63,25 +63,12 @@ class SimCLR(BackboneModule):
             return nt_xent(z1, z2, self.temperature, z1_all=z1_all, z2_all=z2_all, offset=offset)
         return nt_xent(z1, z2, self.temperature)
 
-    # -- the monitors' hooks (labels for them only) ------------------------------------
-    def setup(self, stage: str) -> None:
-        if stage == "fit":
-            self.feature_monitor.request_train_labels(self.trainer.datamodule)
-
-    def extra_param_groups(self) -> list[dict[str, Any]]:
-        return self.feature_monitor.param_groups()
-
     # -- steps ----------------------------------------------------------------------------
     def training_step(self, batch: Sequence[torch.Tensor], batch_idx: int) -> torch.Tensor:
         h1, z1, z2 = self.views(batch[0])
         loss = self.contrastive_loss(z1, z2)
         self.log("train/loss", loss, prog_bar=True)
-        # labels come with the batch only for the online probe, which reads detached features
-        probe_loss = self.feature_monitor.probe_loss(h1, batch[1] if len(batch) > 1 else None)
-        if probe_loss is None:
-            return loss
-        self.log("train/probe_loss", probe_loss)
-        return loss + probe_loss
+        return self.with_probe_loss(loss, h1, batch)
 
     def _eval_step(self, batch: Sequence[torch.Tensor], stage: str) -> None:
         x, y = batch
@@ -89,13 +76,6 @@ class SimCLR(BackboneModule):
         self.log(f"{stage}/loss", self.contrastive_loss(z1, z2), prog_bar=stage == "val", sync_dist=True)
         if self.feature_monitor.active:
             self.feature_monitor.observe(self.backbone(x), y, stage)
-
-    def _end_eval_epoch(self, stage: str) -> None:
-        if self.trainer.sanity_checking:
-            self.feature_monitor.reset()
-            return
-        for name, value in self.feature_monitor.end_epoch(self.backbone, self.trainer.datamodule, stage).items():
-            self.log(f"{stage}/{name}", value)
 
     def validation_step(self, batch: Sequence[torch.Tensor], batch_idx: int) -> None:
         self._eval_step(batch, "val")
