@@ -20,7 +20,7 @@ from .conftest import compose_train, run_cli
 CONF = Path(config_dir())
 EXPERIMENTS = sorted(p.stem for p in (CONF / "experiment").glob("*.yaml"))
 #: model-config keys that are run settings, not constructor arguments
-RUN_KEYS = {"_target_", "monitor", "monitor_mode", "pretrained"}
+RUN_KEYS = {"_target_", "monitor", "monitor_mode", "pretrained", "compile"}
 
 
 @pytest.mark.parametrize(

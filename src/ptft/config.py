@@ -227,6 +227,8 @@ class ModelConfig:
     monitor: str = "val/loss"
     monitor_mode: str = "min"
     pretrained: str | None = None
+    # torch.compile the backbone (in place: checkpoints keep their keys)
+    compile: bool = False
 
 
 @dataclass

@@ -17,11 +17,13 @@ import torch
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import Callback, LearningRateMonitor
 from lightning.pytorch.loggers import Logger
+from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from omegaconf import DictConfig, OmegaConf
 
 from ptft.callbacks.final_checkpoint import FinalCheckpoint
 from ptft.callbacks.process_group import ProcessGroupCleanup
 from ptft.callbacks.run_record import RunRecord
+from ptft.distributed import distributed_job, resolve_strategy
 from ptft.errors import ConfigError
 from ptft.handoff import Pretrained, load_backbone, read_pretrained, with_tokenizer
 from ptft.module import BackboneModule
@@ -30,7 +32,7 @@ from ptft.nn.backbone import locate
 log = logging.getLogger(__name__)
 
 #: model-config keys that are not constructor arguments
-RUN_KEYS = ("pretrained", "monitor", "monitor_mode")
+RUN_KEYS = ("pretrained", "monitor", "monitor_mode", "compile")
 
 # The data sets live in memory: worker processes would only add start-up time.
 warnings.filterwarnings("ignore", ".*does not have many workers.*")
@@ -61,13 +63,25 @@ def build_model(model_cfg: Mapping[str, Any], pretrained: Pretrained | None = No
     given), take the backbone's architecture and weights from that checkpoint."""
     kwargs = dict(model_cfg)
     pretrained_path = kwargs.get("pretrained")
+    compile_backbone = bool(kwargs.get("compile"))
     for key in RUN_KEYS:
         kwargs.pop(key, None)
     cls = locate(kwargs.pop("_target_"))
     if pretrained is None and pretrained_path:
         pretrained = read_pretrained(pretrained_path)
     if pretrained is None:
-        return cls(**kwargs)
+        model = cls(**kwargs)
+    else:
+        model = _from_pretrained(cls, kwargs, pretrained)
+    if compile_backbone:
+        # nn.Module.compile compiles in place: the state dict keeps its keys (no "_orig_mod."),
+        # so checkpoints stay loadable by uncompiled models and by the handoff
+        model.backbone.compile()
+    return model
+
+
+def _from_pretrained(cls: type[BackboneModule], kwargs: dict[str, Any], pretrained: Pretrained) -> BackboneModule:
+    """The model with the checkpoint's backbone architecture and weights."""
     if pretrained.config != kwargs.get("backbone"):
         log.info("backbone architecture from %s: %s (model.backbone is ignored)", pretrained.path, pretrained.config)
     kwargs["backbone"] = pretrained.config
@@ -98,9 +112,15 @@ def build_callbacks(cfg: DictConfig, has_logger: bool) -> list[Callback]:
 
 
 def build_trainer(cfg: DictConfig, extra_callbacks: list[Callback] = ()) -> L.Trainer:
+    """The Trainer of ``cfg.trainer``; a strategy that re-runs the script re-runs it the Hydra way
+    (:mod:`ptft.distributed`), and the Trainer's own errors about its arguments become one line."""
     loggers = build_loggers(cfg)
     callbacks = build_callbacks(cfg, bool(loggers)) + list(extra_callbacks)
-    return instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    strategy = resolve_strategy(cfg.trainer.get("strategy", "auto"))
+    try:
+        return instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False, strategy=strategy)
+    except (ValueError, MisconfigurationException) as err:
+        raise ConfigError(f"trainer: {err}") from err
 
 
 def metrics_of(trainer: L.Trainer) -> dict[str, float]:
@@ -122,8 +142,14 @@ def train(cfg: DictConfig) -> dict[str, float]:
     model = build_model(model_cfg, pretrained)
     datamodule = build_datamodule(data_cfg, supervised=type(model).supervised)
     record = {"data": data_cfg, "model": model_cfg, "seed": cfg.get("seed"), "task_name": cfg.get("task_name")}
-    trainer = build_trainer(cfg, [RunRecord(record, output_dir), FinalCheckpoint(), ProcessGroupCleanup()])
+    with distributed_job() as job:
+        trainer = build_trainer(cfg, [RunRecord(record, output_dir), FinalCheckpoint(), ProcessGroupCleanup()])
+        job.append(trainer)
+        return fit_and_test(cfg, trainer, model, datamodule)
 
+
+def fit_and_test(cfg: DictConfig, trainer: L.Trainer, model: BackboneModule, datamodule: L.LightningDataModule) -> dict[str, float]:
+    """``trainer.fit`` then ``trainer.test`` of the best checkpoint, as ``cfg.train``/``cfg.test`` say."""
     metrics: dict[str, float] = {}
     if cfg.get("train", True):
         trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
