@@ -22,6 +22,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from ptft.callbacks.process_group import ProcessGroupCleanup
+from ptft.nn.global_batchnorm import GlobalBatchNormSync
 from ptft.objectives.causal_lm import CausalLM
 from ptft.objectives.simclr import SimCLR
 
@@ -82,8 +83,12 @@ class Capture(L.Callback):
 
 
 def fit_one_ddp_step(model: L.LightningModule, dataset: Any, out_dir: Path) -> list[dict[str, Any]]:
-    """One training step of ``model`` on 2 gloo processes, ``N`` examples each; the records of both ranks."""
+    """One training step of ``model`` on 2 gloo processes, ``N`` examples each; the records of both ranks.
+
+    BatchNorm layers normalise over both processes' examples, as ``trainer=ddp_cpu`` has them
+    (``sync_batchnorm: true``, which ptft runs on CPU with :class:`GlobalBatchNormSync`)."""
     trainer = L.Trainer(
+        plugins=[GlobalBatchNormSync()],
         accelerator="cpu",
         devices=WORLD,
         strategy="ddp_spawn",
@@ -200,13 +205,12 @@ def test_simclr_on_two_processes_matches_one_process_with_the_doubled_batch(tmp_
     assert all(part.shape[0] == N for part in parts)
     assert same_rows(torch.cat(parts), images), "the ranks did not share the batch out"
 
-    # reference: one process, all 2N examples, every example a negative of every other.
-    # The projection head's BatchNorm normalises over each process's own N examples (no
-    # SyncBatchNorm on CPU: trainer/ddp_cpu.yaml), so the reference projects each rank's
-    # half on its own; everything after the projections is the single 2N-batch computation.
+    # reference: one process, all 2N examples, every example a negative of every other (the
+    # projection head's BatchNorm too normalises over all 2N, as the global BN does under DDP)
     reference.train()
-    z1 = torch.cat([reference(TwoViews.view(part, 0)) for part in parts])
-    z2 = torch.cat([reference(TwoViews.view(part, 1)) for part in parts])
+    everything = torch.cat(parts)
+    z1 = reference(TwoViews.view(everything, 0))
+    z2 = reference(TwoViews.view(everything, 1))
     terms = naive_nt_xent_terms(z1, z2, temperature)
     loss = terms.mean()
     loss.backward()

@@ -33,7 +33,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -193,6 +193,16 @@ def resolve_strategy(strategy: Any) -> Any:
         if "deepspeed" in strategy.lower() and "install" in str(err).lower():
             raise ConfigError(f"trainer.strategy={strategy} needs DeepSpeed: pip install 'ptft[deepspeed]'") from err
         raise
+
+
+def batchnorm_sync(trainer_cfg: Mapping[str, Any]) -> dict[str, Any]:
+    """Trainer arguments for ``sync_batchnorm``: torch's SyncBatchNorm on GPUs, and on CPU (where
+    it does not run) :class:`~ptft.nn.global_batchnorm.GlobalBatchNormSync` in its place."""
+    if trainer_cfg.get("sync_batchnorm") and trainer_cfg.get("accelerator") == "cpu":
+        from ptft.nn.global_batchnorm import GlobalBatchNormSync
+
+        return {"sync_batchnorm": False, "plugins": [GlobalBatchNormSync()]}
+    return {}
 
 
 @contextlib.contextmanager

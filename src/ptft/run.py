@@ -23,7 +23,7 @@ from omegaconf import DictConfig, OmegaConf
 from ptft.callbacks.final_checkpoint import FinalCheckpoint
 from ptft.callbacks.process_group import ProcessGroupCleanup
 from ptft.callbacks.run_record import RunRecord
-from ptft.distributed import distributed_job, resolve_strategy
+from ptft.distributed import batchnorm_sync, distributed_job, resolve_strategy
 from ptft.errors import ConfigError
 from ptft.handoff import Pretrained, load_backbone, read_pretrained, with_tokenizer
 from ptft.module import BackboneModule
@@ -118,7 +118,9 @@ def build_trainer(cfg: DictConfig, extra_callbacks: list[Callback] = ()) -> L.Tr
     callbacks = build_callbacks(cfg, bool(loggers)) + list(extra_callbacks)
     strategy = resolve_strategy(cfg.trainer.get("strategy", "auto"))
     try:
-        return instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False, strategy=strategy)
+        return instantiate(
+            cfg.trainer, callbacks=callbacks, logger=loggers or False, strategy=strategy, **batchnorm_sync(cfg.trainer)
+        )
     except (ValueError, MisconfigurationException) as err:
         raise ConfigError(f"trainer: {err}") from err
 
