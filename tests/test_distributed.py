@@ -3,6 +3,7 @@ gradient accumulation and torch.compile."""
 
 from __future__ import annotations
 
+import csv
 import lightning as L
 import pytest
 import torch
@@ -46,6 +47,41 @@ def test_ddp_inside_a_multirun_makes_exactly_one_directory_per_job(tmp_path):
     assert lrs == [1e-3, 3e-3]  # each child ran its own job's point of the sweep, not the sweep
     # rank 1 logs errors only: none of its INFO records reached the console
     assert "local rank 1" not in result.stderr
+
+
+# rank 1 of every job dies at its first optimizer step, while rank 0 waits in the gradient all-reduce
+DYING_WORKER = """
+import os
+if os.environ.get("PTFT_DDP_WORKER") == "1":
+    import torch.optim
+
+    def _die(self, *args, **kwargs):
+        os._exit(3)
+
+    torch.optim.AdamW.step = _die
+"""
+
+
+def test_a_ddp_job_whose_worker_dies_fails_alone_and_the_sweep_goes_on(tmp_path):
+    (tmp_path / "inject").mkdir()
+    (tmp_path / "inject" / "sitecustomize.py").write_text(DYING_WORKER)
+    result = run_cli(
+        [
+            "ptft.train", "-m", "experiment=digits_classifier", "trainer=ddp_cpu", "model.optimizer.lr=1e-3,3e-3",
+            "trainer.max_steps=4", "logger=none", "callbacks.embedding_projector=null", "hydra.sweep.dir=sweep",
+            *QUIET,
+        ],
+        cwd=tmp_path,
+        env={"OMP_NUM_THREADS": "1", "PYTHONPATH": str(tmp_path / "inject")},
+        timeout=600,
+    )
+    # the sweep process was not killed with its first job, and each job started a worker of its own
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = list(csv.DictReader((tmp_path / "sweep" / "sweep_summary.csv").open()))
+    assert sorted((r["job"], r["status"]) for r in rows) == [("0", "failed"), ("1", "failed")]
+    for job in ("0", "1"):
+        log_text = (tmp_path / "sweep" / job / "train.log").read_text()
+        assert "DDP worker of local rank 1 exited with status 3" in log_text
 
 
 def test_worker_overrides_leave_out_the_sweep_and_rank_0_outputs():

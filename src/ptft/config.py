@@ -477,7 +477,10 @@ SCHEMAS: dict[str, dict[str, type]] = {
 
 
 def register() -> None:
-    """Put every schema in Hydra's ConfigStore (idempotent)."""
+    """Put every schema in Hydra's ConfigStore and ptft's resolvers in OmegaConf (idempotent)."""
+    from ptft import resolvers
+
+    resolvers.register()
     cs = ConfigStore.instance()
     for group, nodes in SCHEMAS.items():
         for name, node in nodes.items():

@@ -42,11 +42,10 @@ from lightning.pytorch.strategies import StrategyRegistry
 from lightning.pytorch.strategies.launchers.subprocess_script import _SubprocessScriptLauncher
 
 from ptft.errors import ConfigError
+from ptft.ranks import WORKER_ENV, is_relaunched_worker
 
 log = logging.getLogger(__name__)
 
-#: set in the environment of every child process a :class:`HydraScriptLauncher` starts
-WORKER_ENV = "PTFT_DDP_WORKER"
 #: what Lightning's subprocess launcher writes into ``os.environ`` of the launching process
 LAUNCH_ENV = ("MASTER_ADDR", "MASTER_PORT", "NODE_RANK", "LOCAL_RANK", "WORLD_SIZE")
 #: Hydra overrides that belong to the sweep or to rank 0's outputs, never to a child's run
@@ -55,11 +54,6 @@ _SWEEP_KEYS = (
     "hydra.run", "hydra.output_subdir", "hydra.job.num", "hydra.job.id", "hydra/job_logging", "hydra.job_logging",
     "hydra.callbacks",
 )
-
-
-def is_worker() -> bool:
-    """Whether this process is a child (rank > 0 of its node) started by :class:`HydraScriptLauncher`."""
-    return os.environ.get(WORKER_ENV) == "1"
 
 
 def _quote(value: str) -> str:
@@ -215,7 +209,7 @@ def distributed_job() -> Iterator[list[L.Trainer]]:
     try:
         yield holder
     finally:
-        if not is_worker():
+        if not is_relaunched_worker():
             from ptft.callbacks.process_group import close_process_group
 
             close_process_group()

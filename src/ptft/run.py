@@ -21,6 +21,7 @@ from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from omegaconf import DictConfig, OmegaConf
 
 from ptft.callbacks.final_checkpoint import FinalCheckpoint
+from ptft.callbacks.finite_loss import FiniteLoss
 from ptft.callbacks.process_group import ProcessGroupCleanup
 from ptft.callbacks.run_record import RunRecord
 from ptft.distributed import batchnorm_sync, distributed_job, resolve_strategy
@@ -145,7 +146,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
     datamodule = build_datamodule(data_cfg, supervised=type(model).supervised)
     record = {"data": data_cfg, "model": model_cfg, "seed": cfg.get("seed"), "task_name": cfg.get("task_name")}
     with distributed_job() as job:
-        trainer = build_trainer(cfg, [RunRecord(record, output_dir), FinalCheckpoint(), ProcessGroupCleanup()])
+        callbacks = [RunRecord(record, output_dir), FinalCheckpoint(), ProcessGroupCleanup(), FiniteLoss()]
+        trainer = build_trainer(cfg, callbacks)
         job.append(trainer)
         return fit_and_test(cfg, trainer, model, datamodule)
 
