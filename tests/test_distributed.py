@@ -7,7 +7,7 @@ import csv
 import lightning as L
 import pytest
 import torch
-from lightning.pytorch.strategies import DDPStrategy
+from lightning.pytorch.strategies import DDPStrategy, FSDPStrategy
 
 from ptft import distributed
 from ptft.errors import ConfigError
@@ -103,6 +103,17 @@ def test_relaunching_strategies_are_wrapped_and_spawn_is_left_alone(monkeypatch)
     strategy = distributed.resolve_strategy("ddp_find_unused_parameters_true")
     assert isinstance(strategy, DDPStrategy) and strategy._ddp_kwargs["find_unused_parameters"] is True
     assert type(strategy)._configure_launcher is not DDPStrategy._configure_launcher
+
+
+@pytest.mark.parametrize(("trainer", "base"), [("ddp", DDPStrategy), ("fsdp", FSDPStrategy)])
+def test_gpu_trainer_configs_get_the_relaunching_strategy(trainer, base, tmp_path, monkeypatch):
+    from hydra.core.hydra_config import HydraConfig
+
+    cfg = compose_train([f"trainer={trainer}"], tmp_path)
+    assert cfg.trainer.accelerator == "gpu" and cfg.trainer.devices == -1
+    monkeypatch.setattr(HydraConfig, "initialized", staticmethod(lambda: True))
+    strategy = distributed.resolve_strategy(cfg.trainer.strategy)
+    assert isinstance(strategy, base) and type(strategy).__name__ == f"Hydra{base.__name__}"
 
 
 def test_strategy_ddp_outside_ptft_train_is_a_one_line_error(tmp_path):
