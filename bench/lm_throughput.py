@@ -27,6 +27,7 @@ FLOPs per token (the basis of MFU, the same formula for all three paths)::
 
     6·N + 12·L·H·Q·T  +  6·d·V
     Transformer.flops_per_token(T)   the tied LM head
+    └──────── LanguageModel.flops_per_token(T): what the throughput callback counts ────────┘
 
 N counts non-embedding parameters (Kaplan et al. 2020; biases and LayerNorms included), and
 HF GPT-2's N is counted the same way from its parameters (``wte``/``wpe`` left out); the bench
@@ -34,7 +35,8 @@ checks that the two agree. The output projection of the tied head is a real (B·
 matmul in forward and twice that in backward, so it is counted, as 6·d·V per token (the same
 FLOPs nanoGPT's estimate_mfu counts by keeping the tied matrix in N); the input embedding is a
 lookup and is not. The column "no head" gives MFU without it (the strict Kaplan 6N).
-MFU divides by a 2048³ matmul's FLOP/s (2·n³/t) measured in the same run and dtype.
+MFU divides by a 2048³ matmul's FLOP/s (2·n³/t, ``ptft.flops.matmul_flops``) measured in the
+same run and dtype.
 
     python bench/lm_throughput.py                  # dim 512, 6 layers, 8 heads, T=256, B=8
     python bench/lm_throughput.py --quick          # tiny smoke run (seconds)
@@ -113,13 +115,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 # ----------------------------------------------------------------------------- measuring
-def matmul_flops(a: Tensor, b: Tensor) -> float:
-    """FLOP/s of one ``a @ b`` of square n×n matrices: 2·n³ / seconds."""
-    start = time.perf_counter()
-    a @ b
-    return 2 * a.shape[0] ** 3 / (time.perf_counter() - start)
-
-
 def random_blocks(num_blocks: int, seq: int, vocab: int, seed: int) -> Tensor:
     """``(num_blocks, seq + 1)`` random token ids: the model reads ``[:-1]`` and predicts ``[1:]``."""
     generator = torch.Generator().manual_seed(seed)
@@ -240,6 +235,9 @@ def interleaver(others: dict[str, Loop], peak_dtype: torch.dtype, args: argparse
     the same batch and the peak matmuls, and times them all."""
     from lightning.pytorch.callbacks import Callback
 
+    # the routine behind the throughput callback's measured peak (ptft.flops.measured_peak)
+    from ptft.flops import matmul_flops
+
     class Interleave(Callback):
         def __init__(self) -> None:
             self.times: dict[str, list[float]] = {p: [] for p in ("ptft", *others)}
@@ -309,7 +307,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         optimizer = instantiate_partial(model_cfg["optimizer"], params)  # the same settings
         others = {"hand": Loop(hand_model, hand_model, optimizer, params, dtype)}
         n = hand_model.backbone.num_params()
-        out["flops"]["ptft"] = out["flops"]["hand"] = hand_model.backbone.flops_per_token(args.seq) + head
+        # the model's own count, as the throughput callback takes it: 6N + 12·L·H·Q·T + 6·d·V
+        out["flops"]["ptft"] = out["flops"]["hand"] = hand_model.flops_per_token(args.seq)
         out["n"] = {"ptft": n}
         if not args.no_hf:
             torch.manual_seed(0)

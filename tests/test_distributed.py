@@ -4,6 +4,7 @@ gradient accumulation and torch.compile."""
 from __future__ import annotations
 
 import csv
+
 import lightning as L
 import pytest
 import torch

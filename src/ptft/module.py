@@ -15,6 +15,7 @@ import torch
 from torch.optim.lr_scheduler import LambdaLR
 
 from ptft.errors import ConfigError
+from ptft.flops import token_count
 from ptft.nn.backbone import Backbone, build_backbone
 from ptft.optim import LRScaling, param_groups, steps_per_epoch
 from ptft.schedules import ConstantFactor, GradualWarmupLR
@@ -158,6 +159,15 @@ class BackboneModule(L.LightningModule):
         # the effective values reach the loggers (TensorBoard) once per fit
         if self.lr_report:
             self.log_dict(self.lr_report, on_step=False, on_epoch=True, rank_zero_only=True)
+
+    def training_flops(self, batch: Any) -> float | None:
+        """FLOPs (forward + backward) of one training step on ``batch``, counted analytically, for
+        MFU; None (the default) has :mod:`ptft.flops` measure them on a meta-device copy instead."""
+        return None
+
+    def training_tokens(self, batch: Any) -> int | None:
+        """Tokens the model reads in a training batch, for tokens/s; None for batches of images."""
+        return token_count(batch)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         # The handoff rebuilds the backbone from this record: no need to repeat its config.

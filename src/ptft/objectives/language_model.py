@@ -126,6 +126,23 @@ class LanguageModel(BackboneModule):
         """The objective: a batch of ``(B, T + 1)`` token blocks → logits and labels (-100 = unscored)."""
         raise NotImplementedError
 
+    def input_tokens(self, batch: Tensor) -> Tensor:
+        """The tokens ``(B, T)`` the model reads from a training batch of ``(B, T + 1)`` blocks."""
+        return batch[:, :-1]
+
+    def flops_per_token(self, seq_len: int) -> int:
+        """Training FLOPs per token read: the backbone's ``6N + 12·L·H·Q·T`` (Kaplan et al. 2020)
+        plus ``6·d·V`` for the tied head, a real (d×V) matmul forward and backward that Kaplan's
+        N leaves out with the embedding it shares its weight with."""
+        return self.backbone.flops_per_token(seq_len) + 6 * self.backbone.dim * self.backbone.vocab_size
+
+    def training_tokens(self, batch: Tensor) -> int:
+        return self.input_tokens(batch).numel()
+
+    def training_flops(self, batch: Tensor) -> float:
+        batch_size, seq_len = self.input_tokens(batch).shape
+        return float(batch_size * seq_len * self.flops_per_token(seq_len))
+
     def training_step(self, batch: Tensor, batch_idx: int) -> Tensor:
         # only the loss: the count and accuracy of token_cross_entropy would cost an argmax over
         # (B·T, vocab) logits every step, and training logs neither

@@ -49,6 +49,16 @@ class SequenceClassifier(Classifier):
         except ValueError as err:
             raise ConfigError(f"model.pooling: {err}") from err
 
+    def training_flops(self, batch: Sequence[torch.Tensor]) -> float | None:
+        """When everything trains: the backbone's ``6N + 12·L·H·Q·T`` per token and the linear
+        head's ``6·d·C`` per sequence (pooling is no matmul work). A frozen or partly frozen
+        backbone runs no or part of its backward: None, and the FLOPs are measured."""
+        if self.finetune != "full":
+            return None
+        batch_size, seq_len = batch[0].shape
+        head = 6 * self.backbone.dim * self.head[-1].out_features
+        return float(batch_size * (seq_len * self.backbone.flops_per_token(seq_len) + head))
+
     def features(self, tokens: torch.Tensor) -> torch.Tensor:
         # a bidirectional backbone masks the padding itself; a causal one needs no mask for
         # right padding, since no real token attends to a later position

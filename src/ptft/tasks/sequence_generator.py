@@ -59,6 +59,10 @@ class SequenceGenerator(LanguageModel):
         """A prompt framed as in training: ``<eos> text <sep>``; the model writes the target."""
         return [EOS_ID, *tokenizer.encode(text, add_special_tokens=False).ids, SEP_ID]
 
+    def input_tokens(self, batch: Sequence[Tensor]) -> Tensor:
+        """The tokens ``(B, T)`` of a ``(tokens, labels)`` batch."""
+        return batch[0]
+
     def logits_and_labels(self, batch: Sequence[Tensor], stage: str) -> tuple[Tensor, Tensor]:
         tokens, labels = batch
         return self(tokens), labels
