@@ -33,6 +33,16 @@ needs_plugins = pytest.mark.skipif(
 TINY = ["debug=fdr", "logger=none", *QUIET]
 
 
+def multirun(tmp_path: Path, *overrides: str, sweep_dir: str = "sweep", timeout: float = 300, env: dict | None = None):
+    """``ptft-train -m`` of tiny jobs in ``tmp_path`` with the given overrides, into ``sweep_dir``."""
+    return run_cli(
+        ["ptft.train", "-m", *TINY, *overrides, f"hydra.sweep.dir={sweep_dir}"],
+        cwd=tmp_path,
+        env={"OMP_NUM_THREADS": "1", **(env or {})},
+        timeout=timeout,
+    )
+
+
 def statuses(sweep_dir: Path) -> dict[str, dict]:
     """job directory name → its job_status.json"""
     return {p.parent.name: json.loads(p.read_text()) for p in sweep_dir.glob(f"*/{sweep.STATUS_FILE}")}
@@ -46,19 +56,7 @@ def summary_rows(sweep_dir: Path) -> list[dict[str, str]]:
 # ------------------------------------------------------------------ failed jobs
 def test_a_failed_job_is_recorded_and_the_other_jobs_finish(tmp_path):
     # job 0 trains; job 1 has a learning rate AdamW refuses; job 2 diverges at its second step
-    result = run_cli(
-        [
-            "ptft.train",
-            "-m",
-            *TINY,
-            "trainer.fast_dev_run=3",
-            "model.scheduler=null",
-            "model.optimizer.lr=1e-3,-1,1e30",
-            "hydra.sweep.dir=sweep",
-        ],
-        cwd=tmp_path,
-        env={"OMP_NUM_THREADS": "1"},
-    )
+    result = multirun(tmp_path, "trainer.fast_dev_run=3", "model.scheduler=null", "model.optimizer.lr=1e-3,-1,1e30")
     assert result.returncode == 0, result.stderr[-3000:]
     sweep_dir = tmp_path / "sweep"
     jobs = statuses(sweep_dir)
@@ -82,11 +80,7 @@ def test_a_failed_job_is_recorded_and_the_other_jobs_finish(tmp_path):
 
 
 def test_a_ddp_worker_process_lets_the_error_through_and_records_nothing(tmp_path):
-    result = run_cli(
-        ["ptft.train", "-m", *TINY, "model.optimizer.lr=-1", "hydra.sweep.dir=sweep"],
-        cwd=tmp_path,
-        env={"OMP_NUM_THREADS": "1", "PTFT_DDP_WORKER": "1"},
-    )
+    result = multirun(tmp_path, "model.optimizer.lr=-1", env={"PTFT_DDP_WORKER": "1"})
     assert result.returncode != 0 and "Invalid learning rate" in result.stderr
     assert not list((tmp_path / "sweep").glob(f"**/{sweep.STATUS_FILE}"))
     assert not (tmp_path / "sweep" / "sweep_summary.csv").exists()
@@ -214,18 +208,13 @@ def test_an_optuna_study_runs_writes_its_best_parameters_and_resumes_from_sqlite
     storage = f"sqlite:///{tmp_path / 'optuna.db'}"
     runs = []
     for launch in ("first", "second"):
-        result = run_cli(
-            [
-                "ptft.train",
-                "hparams_search=digits_optuna",
-                *TINY,
-                "hydra.sweeper.n_trials=3",
-                f"hydra.sweeper.storage={storage}",
-                "hydra.sweeper.study_name=digits",
-                f"hydra.sweep.dir={launch}",
-            ],
-            cwd=tmp_path,
-            env={"OMP_NUM_THREADS": "1"},
+        result = multirun(
+            tmp_path,
+            "hparams_search=digits_optuna",
+            "hydra.sweeper.n_trials=3",
+            f"hydra.sweeper.storage={storage}",
+            "hydra.sweeper.study_name=digits",
+            sweep_dir=launch,
         )
         assert result.returncode == 0, result.stderr[-3000:]
         runs.append(statuses(tmp_path / launch))
@@ -256,19 +245,7 @@ def test_an_optuna_study_runs_writes_its_best_parameters_and_resumes_from_sqlite
 # -------------------------------------------------------------------- launchers
 @needs_plugins
 def test_the_joblib_launcher_runs_two_jobs_in_parallel_processes(tmp_path):
-    result = run_cli(
-        [
-            "ptft.train",
-            "-m",
-            "hydra/launcher=joblib",
-            "hydra.launcher.n_jobs=2",
-            *TINY,
-            "model.optimizer.lr=1e-3,2e-3",
-            "hydra.sweep.dir=sweep",
-        ],
-        cwd=tmp_path,
-        env={"OMP_NUM_THREADS": "1"},
-    )
+    result = multirun(tmp_path, "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "model.optimizer.lr=1e-3,2e-3")
     assert result.returncode == 0, result.stderr[-3000:]
     assert "Joblib.Parallel(n_jobs=2" in result.stdout + result.stderr
     jobs = statuses(tmp_path / "sweep")
@@ -279,19 +256,7 @@ def test_the_joblib_launcher_runs_two_jobs_in_parallel_processes(tmp_path):
 
 @needs_plugins
 def test_the_submitit_local_launcher_runs_a_job(tmp_path):
-    result = run_cli(
-        [
-            "ptft.train",
-            "-m",
-            "hydra/launcher=submitit_local",
-            "hydra.launcher.timeout_min=5",
-            *TINY,
-            "hydra.sweep.dir=sweep",
-        ],
-        cwd=tmp_path,
-        env={"OMP_NUM_THREADS": "1"},
-        timeout=600,
-    )
+    result = multirun(tmp_path, "hydra/launcher=submitit_local", "hydra.launcher.timeout_min=5", timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     jobs = statuses(tmp_path / "sweep")
     assert jobs["0"]["status"] == "ok" and math.isfinite(jobs["0"]["value"])

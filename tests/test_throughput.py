@@ -286,3 +286,24 @@ def test_lm_fit_without_logger_reports_tokens_and_mfu():
     assert summary["tokens_per_sec"] == pytest.approx(summary["samples_per_sec"] * T)
     assert summary["flops_per_batch"] == B * T * per_token(model, T)
     assert 0 < summary["mfu"] < 1.5
+
+
+def test_counting_the_flops_of_simclr_leaves_its_training_unchanged(tmp_path):
+    # SimCLR's FLOPs are measured on a copy, whose step draws augmentation parameters from the
+    # same random generator as the run: the run must train exactly as without the callback
+    weights = []
+    for name, extra in (("with", []), ("without", ["callbacks.throughput=null"])):
+        cfg = compose_train(
+            ["experiment=digits_simclr", "trainer.max_steps=3", "trainer.max_epochs=null", "logger=csv",
+             "trainer.log_every_n_steps=1",
+             "test=false", "model.knn=null", "callbacks.embedding_projector=null", *extra, *QUIET],
+            tmp_path / name,
+        )
+        train(cfg)
+        # no validation ran: Lightning's own last.ckpt at the end, and no second copy of it
+        assert [p.name for p in (tmp_path / name / "checkpoints").iterdir()] == ["last.ckpt"]
+        weights.append(torch.load(tmp_path / name / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"])
+    rows = list(csv.DictReader((tmp_path / "with" / "csv" / "metrics.csv").open()))
+    assert any(row.get("train/mfu") for row in rows)  # the FLOPs were counted
+    for key, value in weights[1].items():
+        torch.testing.assert_close(weights[0][key], value, rtol=0, atol=0)

@@ -214,13 +214,16 @@ def measured_training_flops(module: nn.Module, batch: Any) -> float:
     """FLOPs of one training step (``training_step``, then backward of its loss) on ``batch``,
     counted by Lightning's ``measure_flops`` (matrix multiplies, convolutions and attention, as
     PyTorch's FlopCounterMode counts them) on a meta-device copy of the module; where the step
-    cannot run on the meta device (``torch.autocast("meta")`` fails, say), on a real copy, with
-    the random number generators restored, so the live run draws the same numbers."""
-    try:
-        return _count_step(meta_copy(module), _on_meta(batch))
-    except Exception as error:  # any op the meta device lacks, or code that reads a value
-        log.debug("FLOPs of %s on the meta device failed (%s): counting on a copy", type(module).__name__, error)
+    cannot run on the meta device (``torch.autocast("meta")`` fails, say), on a real copy. Either
+    way the random number generators are restored afterwards: a step draws random numbers (its
+    augmentations do, on the CPU generator even for meta inputs), and the live run must draw
+    the same ones with and without this count."""
     devices = sorted({t.device.index or 0 for t in module.parameters() if t.device.type == "cuda"})
+    with torch.random.fork_rng(devices=devices):
+        try:
+            return _count_step(meta_copy(module), _on_meta(batch))
+        except Exception as error:  # any op the meta device lacks, or code that reads a value
+            log.debug("FLOPs of %s on the meta device failed (%s): counting on a copy", type(module).__name__, error)
     with torch.random.fork_rng(devices=devices):
         clone = copy.deepcopy(module)
         clone.zero_grad(set_to_none=True)

@@ -22,6 +22,10 @@ class FinalCheckpoint(L.Callback):
             return
         if trainer.fast_dev_run:
             return  # Lightning writes no checkpoints in a fast_dev_run
+        if not getattr(callback, "_last_checkpoint_saved", ""):
+            # no last.ckpt yet (no validation ran): Lightning's callback writes it when training
+            # ends, after this one; writing it here would make that one a last-v1.ckpt
+            return
         path = Path(callback.dirpath) / f"{callback.CHECKPOINT_NAME_LAST}{callback.FILE_EXTENSION}"
         # already saved at this very step (the metric improved last): keep Lightning's own file
         if getattr(callback, "_last_global_step_saved", None) == trainer.global_step and path.is_file():
