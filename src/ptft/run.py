@@ -152,7 +152,9 @@ def train(cfg: DictConfig) -> dict[str, float]:
         return fit_and_test(cfg, trainer, model, datamodule)
 
 
-def fit_and_test(cfg: DictConfig, trainer: L.Trainer, model: BackboneModule, datamodule: L.LightningDataModule) -> dict[str, float]:
+def fit_and_test(
+    cfg: DictConfig, trainer: L.Trainer, model: BackboneModule, datamodule: L.LightningDataModule
+) -> dict[str, float]:
     """``trainer.fit`` then ``trainer.test`` of the best checkpoint, as ``cfg.train``/``cfg.test`` say."""
     metrics: dict[str, float] = {}
     if cfg.get("train", True):
