@@ -4,6 +4,7 @@ gradient accumulation and torch.compile."""
 from __future__ import annotations
 
 import csv
+import os
 
 import lightning as L
 import pytest
@@ -83,6 +84,23 @@ def test_a_ddp_job_whose_worker_dies_fails_alone_and_the_sweep_goes_on(tmp_path)
     for job in ("0", "1"):
         log_text = (tmp_path / "sweep" / job / "train.log").read_text()
         assert "DDP worker of local rank 1 exited with status 3" in log_text
+
+
+def test_a_job_leaves_the_environment_and_threads_as_it_found_them(monkeypatch):
+    # what the launcher sets in the launching process must not reach the next job of a sweep
+    for key in distributed.LAUNCH_ENV:
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.setenv("MASTER_ADDR", "10.0.0.1")
+    threads = torch.get_num_threads()
+    with distributed.distributed_job():
+        os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT="29500", LOCAL_RANK="0", WORLD_SIZE="2",
+                          NODE_RANK="0", OMP_NUM_THREADS="1")
+        torch.set_num_threads(1)
+    assert {k: os.environ.get(k) for k in distributed.LAUNCH_ENV} == {
+        "MASTER_ADDR": "10.0.0.1", "MASTER_PORT": None, "NODE_RANK": None, "LOCAL_RANK": None,
+        "WORLD_SIZE": None, "OMP_NUM_THREADS": None,
+    }
+    assert torch.get_num_threads() == threads
 
 
 def test_worker_overrides_leave_out_the_sweep_and_rank_0_outputs():

@@ -38,6 +38,8 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
+import torch
+from lightning.fabric.utilities.distributed import _set_num_threads_if_needed
 from lightning.pytorch.strategies import StrategyRegistry
 from lightning.pytorch.strategies.launchers.subprocess_script import _SubprocessScriptLauncher
 
@@ -46,8 +48,8 @@ from ptft.ranks import WORKER_ENV, is_relaunched_worker
 
 log = logging.getLogger(__name__)
 
-#: what Lightning's subprocess launcher writes into ``os.environ`` of the launching process
-LAUNCH_ENV = ("MASTER_ADDR", "MASTER_PORT", "NODE_RANK", "LOCAL_RANK", "WORLD_SIZE")
+#: what the subprocess launcher writes into ``os.environ`` of the launching process
+LAUNCH_ENV = ("MASTER_ADDR", "MASTER_PORT", "NODE_RANK", "LOCAL_RANK", "WORLD_SIZE", "OMP_NUM_THREADS")
 #: Hydra overrides that belong to the sweep or to rank 0's outputs, never to a child's run
 _SWEEP_KEYS = (
     "hydra.mode", "hydra.sweep", "hydra.sweeper", "hydra/sweeper", "hydra.launcher", "hydra/launcher",
@@ -123,6 +125,8 @@ class HydraScriptLauncher(_SubprocessScriptLauncher):
         if not self.cluster_environment.creates_processes_externally:
             self._call_children_scripts()
             _ChildWatch(self.procs).start()
+        # N processes on one machine share its cores (OMP_NUM_THREADS, when set, decides)
+        _set_num_threads_if_needed(num_processes=self.num_processes)
         return function(*args, **kwargs)
 
 
@@ -205,6 +209,7 @@ def distributed_job() -> Iterator[list[L.Trainer]]:
     close the job's process group, wait for (or stop) its child processes and restore the
     environment variables the launcher set."""
     saved = {key: os.environ.get(key) for key in LAUNCH_ENV}
+    threads = torch.get_num_threads()
     holder: list[L.Trainer] = []
     try:
         yield holder
@@ -230,3 +235,4 @@ def distributed_job() -> Iterator[list[L.Trainer]]:
                     os.environ.pop(key, None)
                 else:
                     os.environ[key] = value
+            torch.set_num_threads(threads)
