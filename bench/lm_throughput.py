@@ -2,13 +2,14 @@
 
 Three paths train the same GPT-sized model on random token blocks, side by side in one process:
 
-1. **ptft** — what a user runs: ``experiment=pydoc_gpt`` composed with Hydra (the bench's sizes,
-   dropout 0; no logger, callbacks, checkpointing, progress bar or validation), built with
-   ``ptft.run.build_model`` and ``ptft.run.build_trainer``, trained by ``Trainer.fit``.
+1. **ptft** — what a user runs: ``experiment=pydoc_gpt`` composed with Hydra (the bench's
+   sizes, dropout 0; no logger, callbacks, checkpointing, progress bar or validation), built
+   with ``ptft.runs.build.build_model`` and ``ptft.runs.build.build_trainer``, trained by
+   ``Trainer.fit``.
 2. **hand** — the same model class in a plain PyTorch loop (forward, ``F.cross_entropy`` on
    fp32 logits, backward, gradient clipping, AdamW step, zero_grad), what one writes by hand:
    1/2 is what the framework costs, less what ptft's own code saves (its chunked fp32 loss,
-   ``ptft.objectives.language_model.token_loss``, which this loop does not use).
+   ``ptft.objectives.losses.token_loss``, which this loop does not use).
 3. **hf** — ``transformers.GPT2LMHeadModel`` of identical sizes (random init, nothing downloaded,
    SDPA attention, dropout 0) in the very same loop: a peer users would otherwise pick.
 
@@ -35,8 +36,8 @@ checks that the two agree. The output projection of the tied head is a real (B·
 matmul in forward and twice that in backward, so it is counted, as 6·d·V per token (the same
 FLOPs nanoGPT's estimate_mfu counts by keeping the tied matrix in N); the input embedding is a
 lookup and is not. The column "no head" gives MFU without it (the strict Kaplan 6N).
-MFU divides by a 2048³ matmul's FLOP/s (2·n³/t, ``ptft.flops.matmul_flops``) measured in the
-same run and dtype.
+MFU divides by a 2048³ matmul's FLOP/s (2·n³/t, ``ptft.monitors.flops.matmul_flops``) measured
+in the same run and dtype.
 
     python bench/lm_throughput.py                  # dim 512, 6 layers, 8 heads, T=256, B=8
     python bench/lm_throughput.py --quick          # tiny smoke run (seconds)
@@ -85,11 +86,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--heads", type=int, default=8)
     p.add_argument("--seq", type=int, default=256, help="tokens per block the model reads (T)")
     p.add_argument("--batch", type=int, default=8)
-    p.add_argument("--vocab", type=int, default=8192, help="vocabulary (pydoc_gpt's tokenizer: 8192)")
+    p.add_argument(
+        "--vocab", type=int, default=8192, help="vocabulary (pydoc_gpt's tokenizer: 8192)"
+    )
     p.add_argument("--steps", type=int, default=8, help="timed rounds: one step of every path each")
     p.add_argument("--warmup", type=int, default=1, help="untimed rounds first (at least 1)")
     p.add_argument("--dtypes", default="fp32,bf16", help="comma-separated: fp32, bf16 (autocast)")
-    p.add_argument("--peak-size", type=int, default=2048, help="n of the n³ matmul that measures the peak")
+    p.add_argument(
+        "--peak-size", type=int, default=2048, help="n of the n³ matmul that measures the peak"
+    )
     p.add_argument("--peak-repeats", type=int, default=2, help="timed peak matmuls per round")
     p.add_argument("--threads", type=int, default=2, help="torch.set_num_threads")
     p.add_argument(
@@ -100,7 +105,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--no-hf", action="store_true", help="skip path 3 (no transformers needed)")
     p.add_argument("--quick", action="store_true", help="tiny sizes and few steps: a smoke run")
-    p.add_argument("-v", "--verbose", action="store_true", help="print every round's step times (stderr)")
+    p.add_argument(
+        "-v", "--verbose", action="store_true", help="print every round's step times (stderr)"
+    )
     args = p.parse_args(argv)
     if args.quick:
         args.dim, args.layers, args.heads, args.seq, args.batch, args.vocab = 64, 2, 2, 32, 4, 512
@@ -116,7 +123,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 # ----------------------------------------------------------------------------- measuring
 def random_blocks(num_blocks: int, seq: int, vocab: int, seed: int) -> Tensor:
-    """``(num_blocks, seq + 1)`` random token ids: the model reads ``[:-1]`` and predicts ``[1:]``."""
+    """``(num_blocks, seq + 1)`` random token ids: the model reads ``[:-1]`` and predicts
+    ``[1:]``."""
     generator = torch.Generator().manual_seed(seed)
     return torch.randint(0, vocab, (num_blocks, seq + 1), generator=generator)
 
@@ -235,8 +243,8 @@ def interleaver(others: dict[str, Loop], peak_dtype: torch.dtype, args: argparse
     the same batch and the peak matmuls, and times them all."""
     from lightning.pytorch.callbacks import Callback
 
-    # the routine behind the throughput callback's measured peak (ptft.flops.measured_peak)
-    from ptft.flops import matmul_flops
+    # the routine behind the throughput callback's measured peak (ptft.monitors.flops.measured_peak)
+    from ptft.monitors.flops import matmul_flops
 
     class Interleave(Callback):
         def __init__(self) -> None:
@@ -246,7 +254,9 @@ def interleaver(others: dict[str, Loop], peak_dtype: torch.dtype, args: argparse
             self.a = torch.randn(args.peak_size, args.peak_size, dtype=peak_dtype)
             self.b = torch.randn(args.peak_size, args.peak_size, dtype=peak_dtype)
 
-        def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
+        def on_train_batch_end(
+            self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int
+        ) -> None:
             end = time.perf_counter()
             timed = batch_idx >= args.warmup
             if timed and self.start is not None:
@@ -263,7 +273,9 @@ def interleaver(others: dict[str, Loop], peak_dtype: torch.dtype, args: argparse
                     self.peaks.append(rate)
             if args.verbose and timed:
                 line = " ".join(f"{p} {t[-1] * 1e3:.0f}" for p, t in self.times.items() if t)
-                print(f"  round {batch_idx - args.warmup + 1}: {line} ms", file=sys.stderr, flush=True)
+                print(
+                    f"  round {batch_idx - args.warmup + 1}: {line} ms", file=sys.stderr, flush=True
+                )
             self.start = time.perf_counter()
 
     return Interleave()
@@ -281,8 +293,8 @@ def quiet() -> None:
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    from ptft.module import instantiate_partial
-    from ptft.run import build_model, build_trainer, plain
+    from ptft.modules.backbone_module import instantiate_partial
+    from ptft.runs.build import build_model, build_trainer, plain
 
     torch.set_num_threads(args.threads)
     quiet()
@@ -290,7 +302,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     blocks = random_blocks(args.batch * rounds, args.seq, args.vocab, seed=0)
     head = 6 * args.dim * args.vocab  # the tied output projection, per token
     attention = 12 * args.layers * args.dim * args.seq  # 12·L·H·Q·T with H·Q = dim
-    out: dict[str, Any] = {"tokens_per_step": args.batch * args.seq, "times": {}, "peak": {}, "flops": {}}
+    out: dict[str, Any] = {
+        "tokens_per_step": args.batch * args.seq,
+        "times": {},
+        "peak": {},
+        "flops": {},
+    }
     tmp = tempfile.TemporaryDirectory(prefix="ptft-bench-")
     load_before = os.getloadavg()[0]
     # every config is composed before anything runs, from one state of conf/
@@ -315,7 +332,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             gpt2 = hf_gpt2(args)
             hf_params = [p for p in gpt2.parameters() if p.requires_grad]
             hf_optimizer = instantiate_partial(model_cfg["optimizer"], hf_params)
-            others["hf"] = Loop(gpt2, lambda x, m=gpt2: m(input_ids=x).logits, hf_optimizer, hf_params, dtype)
+            others["hf"] = Loop(
+                gpt2, lambda x, m=gpt2: m(input_ids=x).logits, hf_optimizer, hf_params, dtype
+            )
             n_hf = non_embedding_params(gpt2, ("wte", "wpe"))
             out["flops"]["hf"] = 6 * n_hf + attention + head
             out["n"]["hf"] = n_hf
@@ -346,8 +365,9 @@ def report(args: argparse.Namespace, out: dict[str, Any]) -> None:
         f"(which counts this run's own {args.threads} threads)"
     )
     print(
-        f"model: dim={args.dim} layers={args.layers} heads={args.heads} T={args.seq} B={args.batch} "
-        f"vocab={args.vocab}; {args.steps} timed rounds (+{args.warmup} warmup); threads={args.threads}"
+        f"model: dim={args.dim} layers={args.layers} heads={args.heads} T={args.seq} "
+        f"B={args.batch} vocab={args.vocab}; {args.steps} timed rounds "
+        f"(+{args.warmup} warmup); threads={args.threads}"
     )
     print("N (non-embedding): " + ", ".join(f"{p} {v:,}" for p, v in n.items()))
     if len(set(n.values())) > 1:
@@ -360,8 +380,8 @@ def report(args: argparse.Namespace, out: dict[str, Any]) -> None:
             f"{peak['best'] / 1e9:.1f} best"
         )
     print(
-        f"\n{'path':<16}{'dtype':<7}{'tokens/s':>10}{'ms/step':>9}{'MFU':>8}{'no head':>9}{'spread':>8}"
-        f"{'best tok/s':>12}{'best MFU':>10}"
+        f"\n{'path':<16}{'dtype':<7}{'tokens/s':>10}{'ms/step':>9}{'MFU':>8}{'no head':>9}"
+        f"{'spread':>8}{'best tok/s':>12}{'best MFU':>10}"
     )
     for dtype in args.dtypes:
         peak = out["peak"][dtype]
@@ -388,14 +408,21 @@ def report(args: argparse.Namespace, out: dict[str, Any]) -> None:
             mfu = tokens / step["ptft"] * flops["ptft"] / peak_rate
             parts.append(f"ptft MFU {mfu:.1%} (>= {TARGETS['mfu'][dtype]:.0%})")
             print(f"{dtype} {kind:<7}: " + ", ".join(parts))
-        paired = [f"1/2 = {statistics.median(h / p for h, p in zip(times['hand'], times['ptft'], strict=True)):.3f}"]
+        hand_ratios = (h / p for h, p in zip(times["hand"], times["ptft"], strict=True))
+        paired = [f"1/2 = {statistics.median(hand_ratios):.3f}"]
         if "hf" in times:
-            paired.append(f"1/3 = {statistics.median(h / p for h, p in zip(times['hf'], times['ptft'], strict=True)):.3f}")
+            hf_ratios = (h / p for h, p in zip(times["hf"], times["ptft"], strict=True))
+            paired.append(f"1/3 = {statistics.median(hf_ratios):.3f}")
         print(f"{dtype} paired : " + ", ".join(paired))
-    spreads = [(max(t) - min(t)) / statistics.median(t) for d in args.dtypes for t in out["times"][d].values()]
+    spreads = [
+        (max(t) - min(t)) / statistics.median(t)
+        for d in args.dtypes
+        for t in out["times"][d].values()
+    ]
     if before > 1.5 or max(spreads) > 0.25:
         print(
-            f"\nnoisy: load {before:.2f} before the run, step times spread up to {max(spreads):.0%}; "
+            f"\nnoisy: load {before:.2f} before the run, "
+            f"step times spread up to {max(spreads):.0%}; "
             "other jobs shared the cores, run again when the machine is quiet"
         )
 

@@ -1,55 +1,48 @@
-"""Shared fixtures: compose configs in-process, run the console scripts in a subprocess."""
+"""Shared fixtures, the ``slow`` marker for everything under ``integration/``, and the config
+store and console settings every test session needs (as the entry points set them up)."""
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
-from omegaconf import DictConfig
 
 from ptft import config
-from ptft.cli import config_dir
 
 config.register()
 
-#: quiet, fast settings for runs made by tests
-QUIET = [
-    "callbacks.rich_progress_bar=null",
-    "callbacks.rich_model_summary=null",
-    "trainer.enable_progress_bar=false",
-    "trainer.enable_model_summary=false",
-    "trainer.accelerator=cpu",
-]
+from ptft.runs.console import quiet_libraries  # noqa: E402 -- as the entry points do when a run starts
+
+quiet_libraries()
+
+from tests.helpers import QUIET, compose_train  # noqa: E402
+
+INTEGRATION = Path(__file__).parent / "integration"
 
 
-def compose_train(overrides: list[str], output_dir: Path, config_name: str = "train") -> DictConfig:
-    """Compose ``train.yaml`` as ptft-train would, writing under ``output_dir``."""
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
-        return compose(config_name=config_name, overrides=[*overrides, f"paths.output_dir={output_dir}"])
-
-
-def run_cli(args: list[str], cwd: Path, timeout: float = 300, env: dict | None = None) -> subprocess.CompletedProcess:
-    """Run ``python -m ptft.<command> …`` in ``cwd``; output is captured as text."""
-    full_env = {**os.environ, "PYTHONWARNINGS": "ignore", **(env or {})}
-    return subprocess.run(
-        [sys.executable, "-m", *args], cwd=cwd, capture_output=True, text=True, timeout=timeout, env=full_env
-    )
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """End-to-end runs (everything under ``tests/integration/``) are ``slow``:
+    ``pytest -m "not slow"`` is the fast set for the edit-test loop."""
+    for item in items:
+        if INTEGRATION in Path(item.fspath).parents:
+            item.add_marker(pytest.mark.slow)
 
 
 @pytest.fixture(scope="session")
 def simclr_run(tmp_path_factory) -> Path:
     """One short SimCLR pretraining run (2 epochs) shared by the handoff tests."""
-    from ptft.run import train
+    from ptft.runs.fit import train
 
     out = tmp_path_factory.mktemp("simclr")
     cfg = compose_train(
-        ["experiment=digits_simclr", "trainer.max_epochs=2", "logger=none", "data.batch_size=128", *QUIET], out
+        [
+            "experiment=digits_simclr",
+            "trainer.max_epochs=2",
+            "logger=none",
+            "data.batch_size=128",
+            *QUIET,
+        ],
+        out,
     )
     train(cfg)
     return out

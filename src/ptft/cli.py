@@ -1,5 +1,5 @@
-"""What the entry points share: where the configs live, one-line errors, and a clear word on a
-missing sweep plugin."""
+"""What the entry points share: where the configs live, one-line errors, a clear word on a
+missing sweep plugin, and the config of a run checked against the code before Hydra starts it."""
 
 from __future__ import annotations
 
@@ -14,9 +14,13 @@ from typing import Any, NamedTuple
 
 from ptft.errors import ConfigError
 
+#: ptft-generate without a prompt (checked by the entry point before torch loads, and by the driver)
+NO_PROMPT = 'no prompt given: pass prompt="..." or prompts=["...","..."]'
+
 
 def config_dir() -> str:
-    """``conf/`` of a source checkout (editable install), else the copy packaged as ``ptft.conf``."""
+    """``conf/`` of a source checkout (editable install), else the copy packaged as
+    ``ptft.conf``."""
     source = Path(__file__).resolve().parents[2] / "conf"
     if (source / "train.yaml").is_file():
         return str(source)
@@ -50,16 +54,31 @@ class Plugin(NamedTuple):
 
 
 PLUGINS = [
-    Plugin("hydra/launcher", r"joblib", ("hydra_plugins.hydra_joblib_launcher", "joblib"), "hydra-joblib-launcher"),
+    Plugin(
+        "hydra/launcher",
+        r"joblib",
+        ("hydra_plugins.hydra_joblib_launcher", "joblib"),
+        "hydra-joblib-launcher",
+    ),
     Plugin(
         "hydra/launcher",
         r"submitit_.*|slurm",  # slurm: ptft's own config on top of the plugin's submitit_slurm
         ("hydra_plugins.hydra_submitit_launcher", "submitit"),
         "hydra-submitit-launcher",
     ),
-    Plugin("hydra/sweeper", r"optuna", ("hydra_plugins.hydra_optuna_sweeper", "optuna"), "hydra-optuna-sweeper"),
+    Plugin(
+        "hydra/sweeper",
+        r"optuna",
+        ("hydra_plugins.hydra_optuna_sweeper", "optuna"),
+        "hydra-optuna-sweeper",
+    ),
     # every search space in conf/hparams_search/ runs on the Optuna sweeper
-    Plugin("hparams_search", r".+", ("hydra_plugins.hydra_optuna_sweeper", "optuna"), "hydra-optuna-sweeper"),
+    Plugin(
+        "hparams_search",
+        r".+",
+        ("hydra_plugins.hydra_optuna_sweeper", "optuna"),
+        "hydra-optuna-sweeper",
+    ),
 ]
 
 
@@ -83,7 +102,9 @@ def missing_plugin(argv: list[str]) -> str | None:
             if group == plugin.group and re.fullmatch(plugin.options, value):
                 if not all(is_installed(m) for m in plugin.modules):
                     fix = "pip install 'ptft[sweep]'"
-                    return f"{arg} needs the package {plugin.package}, which is not installed: {fix}"
+                    return (
+                        f"{arg} needs the package {plugin.package}, which is not installed: {fix}"
+                    )
     return None
 
 
@@ -99,3 +120,98 @@ def plugins_checked(entry_point: Callable[..., Any]) -> Callable[..., Any]:
         return entry_point(*args, **kwargs)
 
     return wrapper
+
+
+#: Hydra's flags that show something instead of running: nothing to check
+_NOT_A_RUN = (
+    "help",
+    "hydra_help",
+    "cfg",
+    "info",
+    "shell_completion",
+    "multirun",
+    "experimental_rerun",
+)
+#: what checks a run's config: its ``_target_`` nodes against the code they name
+VALIDATE = "ptft.config.validate.validate"
+
+
+def run_config_error(config_name: str, argv: list[str], check: str = VALIDATE) -> str | None:
+    """The one-line error that ``check`` (a function's dotted path: :mod:`ptft.config.validate`
+    by default) raises for the config ``argv`` runs, or None. Only a plain run is checked:
+    ``--help``, ``--cfg`` and the like run nothing (and import no torch), a multirun checks each
+    job as it starts (:func:`ptft.runs.fit.train`), and a command line that does not compose is
+    left to Hydra, whose message names the bad override. ``check`` runs while Hydra is set up,
+    so it may compose other configs (the study composes its runs)."""
+    if "--version" in argv:
+        return None
+    from hydra._internal.hydra import Hydra
+    from hydra._internal.utils import create_config_search_path, get_args_parser
+    from hydra.core.config_search_path import SearchPathQuery
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.types import RunMode
+
+    from ptft.config.targets import locate
+
+    try:
+        args = get_args_parser().parse_args(argv)
+    except SystemExit:  # a bad flag: Hydra says so
+        return None
+    if any(getattr(args, flag, None) for flag in _NOT_A_RUN) or args.config_path is not None:
+        return None
+    if GlobalHydra.instance().is_initialized():  # inside another Hydra app: leave it to the run
+        return None
+    search_path = create_config_search_path(config_dir())
+    if args.config_dir is not None:  # where Hydra puts it
+        path = f"file://{Path(args.config_dir).resolve()}"
+        search_path.prepend("command-line", path, anchor=SearchPathQuery(provider="schema"))
+    try:
+        try:
+            hydra = Hydra.create_main_hydra2(task_name="ptft", config_search_path=search_path)
+            name = args.config_name or config_name
+            cfg = hydra.compose_config(name, args.overrides, run_mode=RunMode.RUN)
+        except Exception:  # noqa: BLE001 -- Hydra reports it, naming the override
+            return None
+        if cfg.hydra.get("mode") == RunMode.MULTIRUN:  # a sweep in the config (hparams_search)
+            return None
+        try:
+            locate(check)(cfg)
+        except ConfigError as err:
+            return str(err)
+        return None
+    finally:
+        GlobalHydra.instance().clear()
+
+
+def validated(
+    config_name: str, check: str = VALIDATE
+) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Stop with a one-line error (exit status 2) when ``check`` refuses the config of the run
+    ``sys.argv`` asks for (:func:`run_config_error`): before Hydra writes a run directory, and
+    before anything is built."""
+
+    def decorate(entry_point: Callable[..., Any]) -> Callable[..., Any]:
+        @functools.wraps(entry_point)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            error = run_config_error(config_name, sys.argv[1:], check)
+            if error:
+                print(f"error: {error}", file=sys.stderr)
+                raise SystemExit(2)
+            return entry_point(*args, **kwargs)
+
+        return wrapper
+
+    return decorate
+
+
+def quote_override(value: Any) -> str:
+    """``value`` as a quoted Hydra override value, read back exactly as given (paths may hold
+    ``=``, ``,``, spaces, quotes or ``${``). In Hydra's quoted strings a backslash is literal
+    except before a quote, before ``${`` or at the end, where it escapes; those are doubled,
+    the quotes and ``${`` escaped."""
+    text = re.sub(
+        r"(\\*)('|\$\{|$)",
+        lambda m: m.group(1) * 2 + ("\\" if m.group(2) else "") + m.group(2),
+        str(value),
+    )
+    return f"'{text}'"

@@ -14,12 +14,10 @@ import hydra
 from omegaconf import DictConfig
 
 from ptft import config
-from ptft.cli import config_dir, one_line_errors
+from ptft.cli import NO_PROMPT, config_dir, one_line_errors
 from ptft.errors import ConfigError
 
 config.register()
-
-NO_PROMPT = 'no prompt given: pass prompt="..." or prompts=["...","..."]'
 
 
 @hydra.main(version_base="1.3", config_path=config_dir(), config_name="generate")
@@ -30,7 +28,10 @@ def main(cfg: DictConfig) -> list[dict[str, Any]]:
         raise ConfigError(f"ckpt_path={cfg.ckpt_path}: no such checkpoint file")
     if cfg.prompt is None and not cfg.prompts:
         raise ConfigError(NO_PROMPT)
-    from ptft.generation import generate_text  # torch loads only when a run starts
+    from ptft.runs.console import quiet_libraries
+    from ptft.runs.generate import generate_text  # torch loads only when a run starts
+
+    quiet_libraries()
 
     return generate_text(cfg)
 

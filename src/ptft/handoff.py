@@ -10,15 +10,17 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from ptft.config.targets import locate
+from ptft.config.validate import signature
 from ptft.data.tokenizer import TOKENIZER_FILE
 from ptft.errors import ConfigError
+from ptft.files import write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +44,10 @@ def resolve_checkpoint(path: str | Path) -> Path:
     """A ``.ckpt`` file as given, or ``checkpoints/last.ckpt`` inside a run directory."""
     p = Path(path).expanduser()
     if not p.exists():
-        raise ConfigError(f"model.pretrained={path}: no such file or directory; pass a .ckpt file or a run directory")
+        raise ConfigError(
+            f"model.pretrained={path}: no such file or directory; "
+            "pass a .ckpt file or a run directory"
+        )
     if p.is_file():
         return p
     for candidate in (p / "checkpoints" / "last.ckpt", p / "last.ckpt"):
@@ -52,7 +57,9 @@ def resolve_checkpoint(path: str | Path) -> Path:
     if len(found) == 1:
         return found[0]
     what = "several checkpoints: " + ", ".join(f.name for f in found) if found else "no checkpoint"
-    raise ConfigError(f"model.pretrained={path} is a directory with {what}; pass the .ckpt file itself")
+    raise ConfigError(
+        f"model.pretrained={path} is a directory with {what}; pass the .ckpt file itself"
+    )
 
 
 def read_pretrained(path: str | Path) -> Pretrained:
@@ -61,32 +68,48 @@ def read_pretrained(path: str | Path) -> Pretrained:
     try:
         checkpoint = torch.load(file, map_location="cpu", weights_only=True)
     except Exception as err:
-        raise ConfigError(f"model.pretrained={file} is not a loadable PyTorch checkpoint ({type(err).__name__})") from err
+        raise ConfigError(
+            f"model.pretrained={file} is not a loadable PyTorch checkpoint ({type(err).__name__})"
+        ) from err
     if not isinstance(checkpoint, dict) or not isinstance(checkpoint.get("state_dict"), dict):
-        raise ConfigError(f"model.pretrained={file} is not a Lightning checkpoint (it has no state_dict)")
+        raise ConfigError(
+            f"model.pretrained={file} is not a Lightning checkpoint (it has no state_dict)"
+        )
     state = checkpoint["state_dict"]
     weights = {k[len(PREFIX) :]: v for k, v in state.items() if k.startswith(PREFIX)}
     record = checkpoint.get("ptft_backbone")
     if not weights or not isinstance(record, dict):
         raise ConfigError(
-            f"model.pretrained={file} has no backbone (no 'backbone.*' weights and backbone record); "
-            "pass a checkpoint written by a ptft run"
+            f"model.pretrained={file} has no backbone "
+            "(no 'backbone.*' weights and backbone record); pass a checkpoint written by a ptft run"
         )
     # a tensor tied to a backbone weight (an LM head sharing the token embedding) comes along
     shared = {v.data_ptr() for v in weights.values()}
-    skipped = sorted(k for k, v in state.items() if not k.startswith(PREFIX) and v.data_ptr() not in shared)
+    skipped = sorted(
+        k for k, v in state.items() if not k.startswith(PREFIX) and v.data_ptr() not in shared
+    )
     tokenizer = checkpoint.get("ptft_tokenizer")
-    return Pretrained(file, dict(record["config"]), list(record["input_shape"]), weights, skipped,
-                      tokenizer if isinstance(tokenizer, str) else None)
+    return Pretrained(
+        file,
+        dict(record["config"]),
+        list(record["input_shape"]),
+        weights,
+        skipped,
+        tokenizer if isinstance(tokenizer, str) else None,
+    )
 
 
-def with_tokenizer(data_cfg: dict[str, Any], tokenizer_json: str, directory: Path, source: str) -> dict[str, Any]:
-    """The data config, set to encode text with ``tokenizer_json`` (saved as ``directory/tokenizer.json``).
+def with_tokenizer(
+    data_cfg: dict[str, Any], tokenizer_json: str, directory: Path, source: str
+) -> dict[str, Any]:
+    """The data config, set to encode text with ``tokenizer_json`` (saved as
+    ``directory/tokenizer.json``).
 
-    Data without a ``tokenizer`` key (images) is returned unchanged. A ``data.tokenizer`` the
-    user set that differs from the checkpoint's is refused: token ids would mean other words.
+    Data whose datamodule takes no ``tokenizer`` (images) is returned unchanged. A
+    ``data.tokenizer`` the user set that differs from the checkpoint's is refused: token ids
+    would mean other words.
     """
-    if "tokenizer" not in data_cfg:
+    if "tokenizer" not in signature(locate(data_cfg["_target_"])).params:
         return data_cfg
     given = data_cfg.get("tokenizer")
     if given:
@@ -98,9 +121,7 @@ def with_tokenizer(data_cfg: dict[str, Any], tokenizer_json: str, directory: Pat
             )
     directory.mkdir(parents=True, exist_ok=True)
     target = directory / TOKENIZER_FILE
-    tmp = target.with_name(f"{target.name}.{os.getpid()}.tmp")
-    tmp.write_text(tokenizer_json)
-    os.replace(tmp, target)  # another rank may be writing the same file
+    write_atomic(target, tokenizer_json)  # another rank may be writing the same file
     log.info("text is encoded with the tokenizer of %s (saved to %s)", source, target)
     return {**data_cfg, "tokenizer": str(target)}
 
@@ -126,15 +147,22 @@ def load_backbone(module: torch.nn.Module, pretrained: Pretrained) -> dict[str, 
             problems.append(f"absent from the checkpoint: {', '.join(missing[:3])}")
         detail = "; ".join(problems)
         shapes = (
-            f"; it was pretrained on inputs of shape {pretrained.input_shape}, this data has {list(module.input_shape)}"
+            f"; it was pretrained on inputs of shape {pretrained.input_shape}, "
+            f"this data has {list(module.input_shape)}"
             if list(pretrained.input_shape) != list(module.input_shape)
             else ""
         )
-        raise ConfigError(f"the backbone in {pretrained.path} does not fit this model ({detail}){shapes}")
+        raise ConfigError(
+            f"the backbone in {pretrained.path} does not fit this model ({detail}){shapes}"
+        )
     module.backbone.load_state_dict(pretrained.weights, strict=True)
     # tensors outside the backbone that are not tied to one of its weights start untrained
     shared = {v.data_ptr() for v in module.backbone.state_dict().values()}
-    own_new = [k for k, v in module.state_dict().items() if not k.startswith(PREFIX) and v.data_ptr() not in shared]
+    own_new = [
+        k
+        for k, v in module.state_dict().items()
+        if not k.startswith(PREFIX) and v.data_ptr() not in shared
+    ]
     new = sorted({k.split(".")[0] for k in own_new})
     report = {
         "loaded": len(pretrained.weights),
@@ -142,8 +170,8 @@ def load_backbone(module: torch.nn.Module, pretrained: Pretrained) -> dict[str, 
         "skipped": len(pretrained.skipped),
     }
     log.info(
-        "handoff from %s: loaded %d backbone tensors; new: %d tensors (%s); skipped from the checkpoint: "
-        "%d tensors (%s)",
+        "handoff from %s: loaded %d backbone tensors; new: %d tensors (%s); "
+        "skipped from the checkpoint: %d tensors (%s)",
         pretrained.path,
         report["loaded"],
         report["new"],

@@ -8,20 +8,32 @@ weight decay, and the linear learning-rate scaling rule.
   ``lr / factor``, the one below ``lr / factor²``, and so on down to the input.
 * Weight decay only on weights of two or more dimensions (linear and conv kernels, token
   embeddings); never on biases, norm scales and shifts, or learned position embeddings.
-* Linear scaling (Goyal et al. 2017 §2.1): ``lr = base_lr × global_batch / base_batch``.
+* Gradual unfreezing (ULMFiT §3.3): the head trains from the start, and the backbone's
+  layer groups become trainable one per stage, from the top down (:func:`unfreeze_stage`,
+  :func:`unfreeze_top`; the fine-tuning task calls them when an epoch starts).
+* Linear scaling (Goyal et al. 2017 §2.1): ``lr = base_lr × global_batch / base_batch``,
+  reached by a gradual warmup from ``base_lr`` (§2.2): :func:`scaled_lr` applies the rule to
+  a fit, :func:`with_gradual_warmup` puts the warmup under the configured schedule.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 import re
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
-from typing import Any
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, TypedDict
 
 from torch import nn
+from torch.optim import Optimizer
+from torch.optim.lr_scheduler import LambdaLR
 
+from ptft.data.protocol import per_device_batch_size
 from ptft.errors import ConfigError
+from ptft.schedules import ConstantFactor, GradualWarmupLR
+
+log = logging.getLogger(__name__)
 
 #: ULMFiT's factor between the rates of neighbouring layer groups
 ULMFIT_FACTOR = 2.6
@@ -56,13 +68,17 @@ def layer_groups_of(backbone: nn.Module, key: str) -> list[nn.Module]:
         groups = []
     name = type(backbone).__name__
     if not groups:
-        raise ConfigError(f"{key} needs a backbone with layer groups, and {name} lists none; "
-                          f"implement {name}.layer_groups() or choose another backbone")
+        raise ConfigError(
+            f"{key} needs a backbone with layer groups, and {name} lists none; "
+            f"implement {name}.layer_groups() or choose another backbone"
+        )
     grouped = {id(p) for group in groups for p in group.parameters()}
     missing = [n for n, p in backbone.named_parameters() if id(p) not in grouped]
     if missing:
-        raise ConfigError(f"{key}: parameters of {name} in no layer group: {', '.join(missing)}; "
-                          f"add them to {name}.layer_groups()")
+        raise ConfigError(
+            f"{key}: parameters of {name} in no layer group: {', '.join(missing)}; "
+            f"add them to {name}.layer_groups()"
+        )
     return groups
 
 
@@ -94,7 +110,10 @@ def param_groups(
     rate_of: dict[int, int] = {}
     if discriminative_lr is not None and discriminative_lr != 1.0:
         groups = layer_groups_of(model.backbone, "model.discriminative_lr")
-        rates = [(f"backbone.{i}", r) for i, r in enumerate(layer_rates(lr, len(groups), discriminative_lr))]
+        rates = [
+            (f"backbone.{i}", r)
+            for i, r in enumerate(layer_rates(lr, len(groups), discriminative_lr))
+        ]
         rates.append(("head", lr))
         for i, group in enumerate(groups):
             for p in group.parameters():
@@ -117,14 +136,59 @@ def param_groups(
             if not params:
                 continue
             kind = "decay" if decay else "no_decay"
-            group: dict[str, Any] = {"name": f"{label}/{kind}" if label else kind, "params": params, "lr": rate}
+            group: dict[str, Any] = {
+                "name": f"{label}/{kind}" if label else kind,
+                "params": params,
+                "lr": rate,
+            }
             if not decay:
                 group["weight_decay"] = 0.0
             out.append(group)
     return out
 
 
+# ---------------------------------------------------------------- gradual unfreezing
+# "We first unfreeze the last layer and fine-tune all unfrozen layers for one epoch. We then
+# unfreeze the next lower frozen layer group and repeat" (Howard & Ruder 2018, §3.3). The
+# stage is a function of the epoch alone, so a run resumed with ckpt_path= picks up where it
+# was; the frozen parameters are in the optimizer from the start (``param_groups(...,
+# include_frozen=True)``: without a gradient the optimizer skips them), so unfreezing needs
+# no new optimizer. A frozen group is kept in eval mode, so its batch-norm statistics stay
+# as pretrained (as in the linear probe).
+def unfreeze_stage(epoch: int, epochs_per_stage: int) -> int:
+    """How many backbone layer groups train in ``epoch`` (one more per ``epochs_per_stage``)."""
+    return epoch // epochs_per_stage
+
+
+def frozen_groups(groups: Sequence[nn.Module]) -> list[nn.Module]:
+    """The groups none of whose parameters train."""
+    return [g for g in groups if not any(p.requires_grad for p in g.parameters())]
+
+
+def unfreeze_top(groups: Sequence[nn.Module], count: int, training: bool = True) -> None:
+    """Make the top ``count`` groups trainable and freeze the others; frozen groups go to
+    eval mode, trainable ones to ``training`` (the module's mode)."""
+    first_trainable = len(groups) - max(0, count)
+    # freeze first, then unfreeze: a parameter shared with a trainable group trains
+    for group in groups[:first_trainable]:
+        group.requires_grad_(False)
+        group.eval()
+    for group in groups[first_trainable:]:
+        group.requires_grad_(True)
+        group.train(training)
+
+
 # ---------------------------------------------------------------- linear scaling rule
+class LRScalingConfig(TypedDict, total=False):
+    """``model.lr_scaling``: on unless ``enabled`` is false; the defaults are
+    :class:`LRScaling`'s."""
+
+    enabled: bool
+    base_batch: int | None
+    warmup_epochs: float
+    warmup_steps: int | None
+
+
 @dataclass(frozen=True)
 class LRScaling:
     """Goyal et al. 2017's linear scaling rule with gradual warmup, as configured.
@@ -138,30 +202,43 @@ class LRScaling:
     warmup_steps: int | None = None
 
     @classmethod
-    def from_config(cls, config: Mapping[str, Any] | None) -> LRScaling | None:
+    def from_config(cls, config: LRScalingConfig | Mapping[str, Any] | None) -> LRScaling | None:
         """``model.lr_scaling`` checked: None when it is off (None, or ``enabled`` false; a
         mapping without ``enabled`` is on), else a complete rule; ConfigError otherwise."""
         if config is None:
             return None
         config = dict(config)
-        unknown = set(config) - {"enabled", "base_batch", "warmup_epochs", "warmup_steps"}
+        unknown = set(config) - set(LRScalingConfig.__annotations__)
         if unknown:
-            raise ConfigError(f"model.lr_scaling: unknown keys {sorted(unknown)}; "
-                              "it takes enabled, base_batch, warmup_epochs and warmup_steps")
+            raise ConfigError(
+                f"model.lr_scaling: unknown keys {sorted(unknown)}; "
+                f"valid keys: {', '.join(LRScalingConfig.__annotations__)}"
+            )
         if not config.get("enabled", True):
             return None
         base_batch = config.get("base_batch")
         if not base_batch or base_batch < 1:
-            raise ConfigError("model.lr_scaling.base_batch is not set: give the batch size model.optimizer.lr "
-                              "was tuned for (e.g. model.lr_scaling.base_batch=256)")
+            raise ConfigError(
+                "model.lr_scaling.base_batch is not set: give the batch size model.optimizer.lr "
+                "was tuned for (e.g. model.lr_scaling.base_batch=256)"
+            )
         warmup_epochs = config.get("warmup_epochs", cls.warmup_epochs) or 0.0
         warmup_steps = config.get("warmup_steps")
         if warmup_epochs < 0 or (warmup_steps is not None and warmup_steps < 0):
-            raise ConfigError("model.lr_scaling.warmup_epochs and model.lr_scaling.warmup_steps must be >= 0")
-        return cls(int(base_batch), float(warmup_epochs), None if warmup_steps is None else int(warmup_steps))
+            raise ConfigError(
+                "model.lr_scaling.warmup_epochs and model.lr_scaling.warmup_steps must be >= 0"
+            )
+        return cls(
+            int(base_batch),
+            float(warmup_epochs),
+            None if warmup_steps is None else int(warmup_steps),
+        )
 
-    def global_batch(self, per_device_batch: int, world_size: int, accumulate_grad_batches: int) -> int:
-        """Examples per optimizer step: every device of every node, times the accumulated batches."""
+    def global_batch(
+        self, per_device_batch: int, world_size: int, accumulate_grad_batches: int
+    ) -> int:
+        """Examples per optimizer step: every device of every node, times the accumulated
+        batches."""
         return per_device_batch * world_size * accumulate_grad_batches
 
     def scale(self, global_batch: int) -> float:
@@ -188,3 +265,84 @@ def steps_per_epoch(num_training_batches: float, accumulate_grad_batches: int) -
     if math.isinf(num_training_batches):
         return None
     return math.ceil(num_training_batches / accumulate_grad_batches)
+
+
+@dataclass(frozen=True)
+class ScaledLR:
+    """The linear scaling rule applied to one fit: the factor ``k`` of every rate, the gradual
+    warmup in optimizer steps, and the values used, to be logged (empty when the rule is off)."""
+
+    scale: float = 1.0
+    warmup_steps: int = 0
+    report: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def start_factor(self) -> float:
+        """Where the warmup starts, as a fraction of the scaled rate
+        (:meth:`LRScaling.start_factor`)."""
+        return LRScaling.start_factor(self.scale)
+
+
+def scaled_lr(rule: LRScaling, trainer: Any, base_lr: float) -> ScaledLR:
+    """Goyal et al.'s rule for this fit of ``trainer``: ``k = global_batch / base_batch`` and
+    the warmup (a rule that is off is ``ScaledLR()``). The trainer supplies the facts: the
+    per-device batch size (``trainer.datamodule.batch_size``), ``world_size``,
+    ``accumulate_grad_batches``, and for a warmup in epochs the training batches per epoch;
+    rank zero logs the arithmetic."""
+    per_device = per_device_batch_size(getattr(trainer, "datamodule", None))
+    if not per_device:
+        raise ConfigError(
+            "model.lr_scaling needs the per-device batch size, and the datamodule has no "
+            "batch_size; fit with a ptft datamodule or set model.lr_scaling.enabled=false"
+        )
+    accumulate = int(trainer.accumulate_grad_batches)
+    global_batch = rule.global_batch(int(per_device), int(trainer.world_size), accumulate)
+    k = rule.scale(global_batch)
+    warmup = 0
+    if rule.warmup_steps is not None or rule.warmup_epochs:
+        # Lightning counts the training batches here
+        trainer.estimated_stepping_batches  # noqa: B018
+        per_epoch = steps_per_epoch(trainer.num_training_batches, accumulate)
+        if per_epoch is None and rule.warmup_steps is None:
+            raise ConfigError(
+                "model.lr_scaling.warmup_epochs: the training data has no length, so an epoch "
+                "has no known number of steps; give model.lr_scaling.warmup_steps"
+            )
+        warmup = rule.warmup_length(per_epoch or 0)
+    report = {
+        "lr/base": base_lr,
+        "lr/effective": base_lr * k,
+        "lr/scale": k,
+        "lr/global_batch": float(global_batch),
+        "lr/warmup_steps": float(warmup),
+    }
+    if trainer.is_global_zero:
+        log.info(
+            "linear lr scaling (Goyal et al. 2017): global batch %d = %d per device x %d devices "
+            "x %d accumulated; lr = %g x %d / %d = %g, warmup from %g over %d steps",
+            global_batch,
+            per_device,
+            trainer.world_size,
+            accumulate,
+            base_lr,
+            global_batch,
+            rule.base_batch,
+            base_lr * k,
+            base_lr * k * rule.start_factor(k),
+            warmup,
+        )
+    return ScaledLR(k, warmup, report)
+
+
+def with_gradual_warmup(
+    optimizer: Optimizer, scheduler: Any, warmup_steps: int, start_factor: float
+) -> GradualWarmupLR:
+    """The configured schedule (or a constant rate) under Goyal et al.'s gradual warmup."""
+    if scheduler is not None and not isinstance(scheduler, LambdaLR):
+        raise ConfigError(
+            "model.lr_scaling warmup needs a ptft.schedules scheduler (a LambdaLR), not "
+            f"{type(scheduler).__name__}; set model.lr_scaling.warmup_steps=0 or change "
+            "model/scheduler"
+        )
+    factors = scheduler.lr_lambdas if scheduler is not None else ConstantFactor()
+    return GradualWarmupLR(optimizer, factors, warmup_steps, start_factor)

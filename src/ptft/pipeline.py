@@ -20,17 +20,21 @@ import hydra
 from omegaconf import DictConfig
 
 from ptft import config
-from ptft.cli import config_dir, one_line_errors
+from ptft.cli import config_dir, one_line_errors, validated
 
 config.register()
 
 
+@validated("pipeline", check="ptft.study.runner.check")
 @hydra.main(version_base="1.3", config_path=config_dir(), config_name="pipeline")
 @one_line_errors
 def main(cfg: DictConfig) -> float:
     """Returns, for sweepers, the first task's headline metric (mean over seeds) of the best
     pretrained method at that task's smallest label fraction."""
-    from ptft.study import run_study  # torch and Lightning load only when a run starts
+    from ptft.runs.console import quiet_libraries
+    from ptft.study.runner import run_study  # torch and Lightning load only when a run starts
+
+    quiet_libraries()
 
     return run_study(cfg)
 

@@ -28,7 +28,9 @@ class WarmupCosineFactor:
             return (step + 1) / self.warmup_steps
         span = max(1, self.total_steps - self.warmup_steps)
         progress = min(1.0, (step - self.warmup_steps) / span)
-        return self.min_factor + (1.0 - self.min_factor) * 0.5 * (1.0 + math.cos(math.pi * progress))
+        return self.min_factor + (1.0 - self.min_factor) * 0.5 * (
+            1.0 + math.cos(math.pi * progress)
+        )
 
 
 class SlantedTriangularFactor:
@@ -46,7 +48,10 @@ class SlantedTriangularFactor:
 
     def __init__(self, total_steps: int, cut_frac: float = 0.1, ratio: float = 32.0) -> None:
         if not 0.0 < cut_frac < 1.0 or ratio < 1.0:
-            raise ValueError(f"slanted_triangular needs 0 < cut_frac < 1 and ratio >= 1, got {cut_frac=}, {ratio=}")
+            raise ValueError(
+                "slanted_triangular needs 0 < cut_frac < 1 and ratio >= 1, "
+                f"got {cut_frac=}, {ratio=}"
+            )
         self.total_steps = max(1, int(total_steps))
         self.cut_frac = float(cut_frac)
         self.ratio = float(ratio)
@@ -79,10 +84,14 @@ def warmup_cosine(
     optimizer: Optimizer, total_steps: int, warmup_fraction: float = 0.05, min_factor: float = 0.0
 ) -> LambdaLR:
     """Warmup over ``warmup_fraction`` of the run, then cosine decay (per optimizer step)."""
-    return LambdaLR(optimizer, WarmupCosineFactor(round(warmup_fraction * total_steps), total_steps, min_factor))
+    return LambdaLR(
+        optimizer, WarmupCosineFactor(round(warmup_fraction * total_steps), total_steps, min_factor)
+    )
 
 
-def slanted_triangular(optimizer: Optimizer, total_steps: int, cut_frac: float = 0.1, ratio: float = 32.0) -> LambdaLR:
+def slanted_triangular(
+    optimizer: Optimizer, total_steps: int, cut_frac: float = 0.1, ratio: float = 32.0
+) -> LambdaLR:
     """ULMFiT's slanted triangular schedule over ``total_steps`` (defaults from the paper)."""
     return LambdaLR(optimizer, SlantedTriangularFactor(total_steps, cut_frac, ratio))
 
@@ -120,7 +129,9 @@ class GradualWarmupLR(LambdaLR):
     ) -> None:
         self.warmup_steps = max(0, int(warmup_steps))
         self.start_factor = float(start_factor)
-        super().__init__(optimizer, list(lr_lambda) if isinstance(lr_lambda, Sequence) else lr_lambda)
+        super().__init__(
+            optimizer, list(lr_lambda) if isinstance(lr_lambda, Sequence) else lr_lambda
+        )
 
     def get_lr(self) -> list[float]:
         ramp = gradual_warmup_factor(self.last_epoch, self.warmup_steps, self.start_factor)

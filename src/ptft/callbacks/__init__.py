@@ -1,1 +1,2 @@
-"""Lightning callbacks: run records, image logging, embeddings and test predictions."""
+"""Lightning callbacks: run records, final checkpoints, throughput, embeddings and test
+predictions."""

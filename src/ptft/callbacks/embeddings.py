@@ -18,6 +18,8 @@ import torch
 from lightning.pytorch.loggers import TensorBoardLogger
 from torch import Tensor
 
+from ptft.data import protocol
+
 log = logging.getLogger(__name__)
 
 
@@ -47,25 +49,43 @@ class EmbeddingProjector(L.Callback):
         self.tag = tag
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        tensorboard = next((lg for lg in trainer.loggers if isinstance(lg, TensorBoardLogger)), None)
-        datamodule = getattr(trainer, "datamodule", None)
-        if tensorboard is None or datamodule is None or not trainer.is_global_zero or self.max_items <= 0:
+        tensorboard = next(
+            (lg for lg in trainer.loggers if isinstance(lg, TensorBoardLogger)), None
+        )
+        datamodule = trainer.datamodule
+        if (
+            tensorboard is None
+            or datamodule is None
+            or not trainer.is_global_zero
+            or self.max_items <= 0
+        ):
             return
         features, labels, images = self.embed(pl_module, datamodule.val_dataloader())
         if not len(features):
             return
-        names: Sequence[str] | None = getattr(datamodule, "label_names", None) or None
+        names: Sequence[str] | None = protocol.label_names(datamodule)
         metadata = None
         if labels is not None:
             metadata = [names[i] if names else str(i) for i in labels.tolist()]
         tensorboard.experiment.add_embedding(
-            features, metadata=metadata, label_img=images, global_step=trainer.global_step, tag=self.tag
+            features,
+            metadata=metadata,
+            label_img=images,
+            global_step=trainer.global_step,
+            tag=self.tag,
         )
-        log.info("wrote %d validation embeddings to TensorBoard's projector (%s)", len(features), self.tag)
+        log.info(
+            "wrote %d validation embeddings to TensorBoard's projector (%s)",
+            len(features),
+            self.tag,
+        )
 
     @torch.no_grad()
-    def embed(self, module: L.LightningModule, loader: Any) -> tuple[Tensor, Tensor | None, Tensor | None]:
-        """Features ``(N, D)``, labels ``(N,)`` and images ``(N, C, H, W)`` of the first ``max_items``."""
+    def embed(
+        self, module: L.LightningModule, loader: Any
+    ) -> tuple[Tensor, Tensor | None, Tensor | None]:
+        """Features ``(N, D)``, labels ``(N,)`` and images ``(N, C, H, W)`` of the first
+        ``max_items``."""
         was_training = module.training
         module.eval()
         features, labels, images = [], [], []
@@ -76,7 +96,9 @@ class EmbeddingProjector(L.Callback):
                 x = x[: self.max_items - count]
                 # the module's dtype, for runs with low-precision weights (bf16-true)
                 dtype = next(module.parameters()).dtype if x.is_floating_point() else None
-                features.append(example_features(module, x.to(device=module.device, dtype=dtype)).float().cpu())
+                features.append(
+                    example_features(module, x.to(device=module.device, dtype=dtype)).float().cpu()
+                )
                 if y is not None:
                     labels.append(y[: len(x)].cpu())
                 if x.ndim == 4 and x.is_floating_point():  # images in [0, 1]: the sprite

@@ -18,7 +18,12 @@ class FinalCheckpoint(L.Callback):
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         callback = trainer.checkpoint_callback
-        if callback is None or not callback.save_last or not callback.dirpath or trainer.sanity_checking:
+        if (
+            callback is None
+            or not callback.save_last
+            or not callback.dirpath
+            or trainer.sanity_checking
+        ):
             return
         if trainer.fast_dev_run:
             return  # Lightning writes no checkpoints in a fast_dev_run
@@ -28,6 +33,9 @@ class FinalCheckpoint(L.Callback):
             return
         path = Path(callback.dirpath) / f"{callback.CHECKPOINT_NAME_LAST}{callback.FILE_EXTENSION}"
         # already saved at this very step (the metric improved last): keep Lightning's own file
-        if getattr(callback, "_last_global_step_saved", None) == trainer.global_step and path.is_file():
+        if (
+            getattr(callback, "_last_global_step_saved", None) == trainer.global_step
+            and path.is_file()
+        ):
             return
         trainer.save_checkpoint(str(path))  # rank 0 writes; every rank calls

@@ -1,7 +1,7 @@
 """Stop a run at the first training step whose loss is NaN or infinite.
 
 A diverged run otherwise trains on to the end on NaN weights and reports NaN metrics; in a
-sweep, the job then fails with a clear reason (``ptft.sweep``) instead of ranking as a NaN.
+sweep, the job then fails with a clear reason (``ptft.sweeps.job``) instead of ranking as a NaN.
 """
 
 from __future__ import annotations
@@ -29,7 +29,9 @@ class FiniteLoss(L.Callback):
     ) -> None:
         self.batch_idx = batch_idx
 
-    def on_before_backward(self, trainer: L.Trainer, pl_module: L.LightningModule, loss: torch.Tensor) -> None:
+    def on_before_backward(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, loss: torch.Tensor
+    ) -> None:
         local = bool(torch.isfinite(loss.detach()).all())
         finite = local
         if trainer.world_size > 1:

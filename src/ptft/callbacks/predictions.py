@@ -15,7 +15,8 @@ from torch import Tensor
 
 
 class TestPredictions(L.Callback):
-    """After ``trainer.test``: ``target`` ``(N,)``, ``predicted`` ``(N,)``, ``probabilities`` ``(N, C)``."""
+    """After ``trainer.test``: ``target`` ``(N,)``, ``predicted`` ``(N,)``, ``probabilities``
+    ``(N, C)``."""
 
     __test__ = False  # not a pytest test class, whatever its name
 
@@ -27,11 +28,18 @@ class TestPredictions(L.Callback):
         self._targets, self._logits = [], []
 
     def on_test_batch_end(
-        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int,
+        self,
+        trainer: L.Trainer,
+        pl_module: L.LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
         dataloader_idx: int = 0,
     ) -> None:
         if not isinstance(outputs, Tensor):
-            raise TypeError(f"{type(pl_module).__name__}.test_step must return its logits to save predictions")
+            raise TypeError(
+                f"{type(pl_module).__name__}.test_step must return its logits to save predictions"
+            )
         self._targets.append(batch[1].detach().cpu())
         self._logits.append(outputs.detach().float().cpu())
 

@@ -12,14 +12,11 @@ from typing import Any
 
 import lightning as L
 
+from ptft.data import protocol
 from ptft.data.tokenizer import TOKENIZER_FILE
 
 #: the data's manifest (corpus version, hashes, split sizes), written in the run directory
 MANIFEST_FILE = "data_manifest.json"
-
-
-def _datamodule(trainer: L.Trainer) -> Any:
-    return getattr(trainer, "datamodule", None)
 
 
 class RunRecord(L.Callback):
@@ -33,24 +30,25 @@ class RunRecord(L.Callback):
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self.output_dir is None or not trainer.is_global_zero:
             return
-        datamodule = _datamodule(trainer)
         self.output_dir.mkdir(parents=True, exist_ok=True)
-        path = getattr(datamodule, "tokenizer_path", None)
-        if path and Path(path).resolve() != (self.output_dir / TOKENIZER_FILE).resolve():
+        path = protocol.tokenizer_path(trainer.datamodule)
+        if path and path.resolve() != (self.output_dir / TOKENIZER_FILE).resolve():
             shutil.copyfile(path, self.output_dir / TOKENIZER_FILE)
-        manifest = getattr(datamodule, "manifest", None)
+        manifest = protocol.manifest(trainer.datamodule)
         if manifest:  # which corpus, Python version and content hash the run read
             (self.output_dir / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2) + "\n")
 
-    def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]) -> None:
+    def on_save_checkpoint(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]
+    ) -> None:
         checkpoint["ptft_run"] = self.record
-        datamodule = _datamodule(trainer)
-        path = getattr(datamodule, "tokenizer_path", None)
+        datamodule = trainer.datamodule
+        path = protocol.tokenizer_path(datamodule)
         if path:  # a fine-tune must encode text exactly as this run did
-            checkpoint["ptft_tokenizer"] = Path(path).read_text()
-        manifest = getattr(datamodule, "manifest", None)
+            checkpoint["ptft_tokenizer"] = path.read_text()
+        manifest = protocol.manifest(datamodule)
         if manifest:
             checkpoint["ptft_data_manifest"] = manifest
-        names = getattr(datamodule, "label_names", None)
+        names = protocol.label_names(datamodule)
         if names:
-            checkpoint["ptft_labels"] = list(names)
+            checkpoint["ptft_labels"] = names

@@ -1,12 +1,14 @@
-"""Training throughput and model FLOPs utilisation (MFU), logged while fitting and summed up at its end.
+"""Training throughput and model FLOPs utilisation (MFU), logged while fitting and summed up at
+its end.
 
 Every ``trainer.log_every_n_steps`` optimizer steps the loggers get ``train/samples_per_sec``,
 ``train/tokens_per_sec`` (token batches only) and ``train/mfu`` (a fraction): rates over the
-last ``window_size`` batches from Lightning's :class:`~lightning.fabric.utilities.throughput.Throughput`,
-for all DDP processes together (one process's rate × world size: each has the same batch size).
+last ``window_size`` batches from Lightning's
+:class:`~lightning.fabric.utilities.throughput.Throughput`, for all DDP processes together (one
+process's rate × world size: each has the same batch size).
 MFU is the training FLOPs per second of one device over its peak in the dtype the Trainer's
-precision multiplies in (:func:`ptft.flops.peak_flops`); a batch's FLOPs are the model's
-analytic count or are measured once per batch shape (:class:`ptft.flops.BatchFlops`).
+precision multiplies in (:func:`ptft.monitors.flops.peak_flops`); a batch's FLOPs are the model's
+analytic count or are measured once per batch shape (:class:`ptft.monitors.flops.BatchFlops`).
 
 The clock (``time.perf_counter``) counts training batches only: it stops for validation. A GPU
 is synchronised only when a rate is logged and around validation, never on every step. When
@@ -26,7 +28,7 @@ from lightning.fabric.utilities.throughput import Throughput
 from lightning.pytorch.utilities.data import extract_batch_size
 
 from ptft.errors import ConfigError
-from ptft.flops import BatchFlops, Peak, compute_dtype, peak_flops
+from ptft.monitors.flops import BatchFlops, Peak, compute_dtype, peak_flops
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +41,8 @@ def flop_rate(flops_per_sec: float) -> str:
 
 
 class TrainingThroughput(L.Callback):
-    """Logs ``train/samples_per_sec``, ``train/tokens_per_sec`` and ``train/mfu``; one summary line at fit end.
+    """Logs ``train/samples_per_sec``, ``train/tokens_per_sec`` and ``train/mfu``; one summary
+    line at fit end.
 
     ``window_size``: batches the logged rates average over (None: one logging interval,
     ``log_every_n_steps × accumulate_grad_batches``).
@@ -47,10 +50,13 @@ class TrainingThroughput(L.Callback):
 
     def __init__(self, window_size: int | None = None) -> None:
         if window_size is not None and window_size < 2:
-            raise ConfigError(f"callbacks.throughput.window_size={window_size}: a rate needs at least 2 batches; "
-                              "give 2 or more, or null for one logging interval")
+            raise ConfigError(
+                f"callbacks.throughput.window_size={window_size}: a rate needs at least 2 batches; "
+                "give 2 or more, or null for one logging interval"
+            )
         self.window_size = window_size
-        #: the whole fit's rates after its first batch (set on rank 0 and the others alike at fit end)
+        #: the whole fit's rates after its first batch (set on rank 0 and the others alike at fit
+        #: end)
         self.summary: dict[str, float] = {}
         self.peak: Peak | None = None
         self._reset()
@@ -83,11 +89,20 @@ class TrainingThroughput(L.Callback):
         try:
             self.peak = peak_flops(device, dtype)
         except RuntimeError as error:  # a dtype this device cannot multiply in
-            log.warning("throughput: no peak FLOP/s for %s in %s (%s); train/mfu is left out", device, dtype, error)
+            log.warning(
+                "throughput: no peak FLOP/s for %s in %s (%s); train/mfu is left out",
+                device,
+                dtype,
+                error,
+            )
             self.peak = None
-        window = self.window_size or max(2, trainer.log_every_n_steps * trainer.accumulate_grad_batches)
+        window = self.window_size or max(
+            2, trainer.log_every_n_steps * trainer.accumulate_grad_batches
+        )
         self.throughput = Throughput(
-            available_flops=self.peak.flops if self.peak else None, world_size=trainer.world_size, window_size=window
+            available_flops=self.peak.flops if self.peak else None,
+            world_size=trainer.world_size,
+            window_size=window,
         )
 
     # ------------------------------------------------------------------------------ clock
@@ -114,7 +129,12 @@ class TrainingThroughput(L.Callback):
 
     # ----------------------------------------------------------------------------- counts
     def on_train_batch_end(
-        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
+        self,
+        trainer: L.Trainer,
+        pl_module: L.LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
     ) -> None:
         if self.throughput is None or self._mark is None:
             return
@@ -132,8 +152,11 @@ class TrainingThroughput(L.Callback):
         if flops is not None:
             self._flops += flops
         self.throughput.update(
-            time=elapsed, batches=self._batches, samples=self._samples,
-            lengths=self._tokens if self._count_tokens else None, flops=flops,
+            time=elapsed,
+            batches=self._batches,
+            samples=self._samples,
+            lengths=self._tokens if self._count_tokens else None,
+            flops=flops,
         )
         if self._first is None:
             self._first = (elapsed, self._samples, self._tokens, self._flops)
@@ -151,9 +174,16 @@ class TrainingThroughput(L.Callback):
             return None
         try:
             return self._batch_flops(batch)
-        except Exception as error:  # a step that runs neither on the meta device nor on a copy: no MFU
-            log.warning("throughput: could not count the training FLOPs of %s (%s: %s); train/mfu is left out",
-                        type(pl_module).__name__, type(error).__name__, error)
+        except (
+            Exception
+        ) as error:  # a step that runs neither on the meta device nor on a copy: no MFU
+            log.warning(
+                "throughput: could not count the training FLOPs of %s (%s: %s); "
+                "train/mfu is left out",
+                type(pl_module).__name__,
+                type(error).__name__,
+                error,
+            )
             self._count_flops = False
             return None
 
@@ -209,5 +239,7 @@ class TrainingThroughput(L.Callback):
         if "flops_per_batch" in s:
             parts.append(f"{s['flops_per_batch'] / 1e9:.4g} GFLOP a batch")
         processes = f" on {int(s['world_size'])} processes" if s["world_size"] > 1 else ""
-        return ", ".join(parts) + f"; {int(s['batches'])} batches in {s['seconds']:.3g} s of training{processes}"
-
+        return (
+            ", ".join(parts)
+            + f"; {int(s['batches'])} batches in {s['seconds']:.3g} s of training{processes}"
+        )

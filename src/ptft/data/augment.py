@@ -10,8 +10,24 @@ the whole CNN costs about 12 ms. Images are expected in [0, 1] and stay there.
 
 from __future__ import annotations
 
+from typing import TypedDict
+
 import torch
 from torch import nn
+
+
+class AugmentConfig(TypedDict, total=False):
+    """``model.augment``: keyword arguments of :class:`Augment` (its defaults apply to the
+    others)."""
+
+    degrees: float
+    translate: float
+    scale: tuple[float, float]
+    shear: float
+    noise_std: float
+    erase_p: float
+    erase_scale: tuple[float, float]
+    p: float
 
 
 class Augment(nn.Module):
@@ -34,8 +50,12 @@ class Augment(nn.Module):
         self.affine = K.RandomAffine(
             degrees=degrees, translate=(translate, translate), scale=tuple(scale), shear=shear, p=p
         )
-        self.noise = K.RandomGaussianNoise(mean=0.0, std=noise_std, p=p) if noise_std > 0 else nn.Identity()
-        self.erase = K.RandomErasing(scale=tuple(erase_scale), p=erase_p) if erase_p > 0 else nn.Identity()
+        self.noise = (
+            K.RandomGaussianNoise(mean=0.0, std=noise_std, p=p) if noise_std > 0 else nn.Identity()
+        )
+        self.erase = (
+            K.RandomErasing(scale=tuple(erase_scale), p=erase_p) if erase_p > 0 else nn.Identity()
+        )
 
     @torch.no_grad()
     def forward(self, x: torch.Tensor) -> torch.Tensor:

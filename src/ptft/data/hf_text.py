@@ -53,11 +53,14 @@ class HFTextDataModule(TokenBlocksDataModule):
         splits: Mapping[str, str] | None = None,
         **kwargs: Any,
     ) -> None:
-        # the token-block settings (vocab_size, block_size, batches, split, tokenizer) are the base's
+        # the token-block settings (vocab_size, block_size, batches, split, tokenizer) are the
+        # base's
         super().__init__(cache_dir, input_shape, **kwargs)
         unknown = set(splits or {}) - set(SPLITS)
         if unknown:
-            raise ConfigError(f"data.splits has unknown keys {sorted(unknown)}; use only train, val and test")
+            raise ConfigError(
+                f"data.splits has unknown keys {sorted(unknown)}; use only train, val and test"
+            )
         self.path = path
         self.name = name
         self.data_files = data_files
@@ -69,19 +72,28 @@ class HFTextDataModule(TokenBlocksDataModule):
         try:
             import datasets
         except ImportError as e:
-            raise ConfigError("data=hf_text needs Hugging Face datasets: pip install 'ptft[hf]'") from e
+            raise ConfigError(
+                "data=hf_text needs Hugging Face datasets: pip install 'ptft[hf]'"
+            ) from e
         try:
             loaded = datasets.load_dataset(
-                self.path, self.name, data_files=_expand(self.data_files), cache_dir=str(self.cache_dir / "hf")
+                self.path,
+                self.name,
+                data_files=_expand(self.data_files),
+                cache_dir=str(self.cache_dir / "hf"),
             )
         except Exception as e:  # network, missing file, unknown name: datasets raises many types
             first_line = (str(e).splitlines() or [""])[0]
             raise ConfigError(
-                f"data.path={self.path}: could not load ({type(e).__name__}: {first_line}); check data.path, "
-                "data.name and data.data_files (offline, only local files and cached data sets load)"
+                f"data.path={self.path}: could not load ({type(e).__name__}: {first_line}); "
+                "check data.path, data.name and data.data_files (offline, only local files and "
+                "cached data sets load)"
             ) from e
         if not isinstance(loaded, datasets.DatasetDict):
-            raise ConfigError(f"data.path={self.path}: expected a data set with named splits, got {type(loaded).__name__}")
+            raise ConfigError(
+                f"data.path={self.path}: expected a data set with named splits, "
+                f"got {type(loaded).__name__}"
+            )
         return loaded
 
     def _texts(self, dataset: Any, split: str) -> list[str | None]:
@@ -89,7 +101,8 @@ class HFTextDataModule(TokenBlocksDataModule):
         columns = dataset.column_names
         if self.text_column not in columns:
             raise ConfigError(
-                f"data.text_column={self.text_column}: the {split} split of {self.path} has no such column; "
+                f"data.text_column={self.text_column}: the {split} split of {self.path} "
+                "has no such column; "
                 f"set data.text_column to one of {', '.join(columns)}"
             )
         dtype = getattr(dataset.features[self.text_column], "dtype", None)
@@ -111,11 +124,19 @@ class HFTextDataModule(TokenBlocksDataModule):
         carved = [s for s in ("val", "test") if self.splits[s] not in loaded]
         if carved:
             log.info(
-                "%s has splits %s: carving %s out of %s (data.val_fraction=%s, data.test_fraction=%s)",
-                self.path, available, "/".join(carved), self.splits["train"], self.val_fraction, self.test_fraction,
+                "%s has splits %s: carving %s out of %s "
+                "(data.val_fraction=%s, data.test_fraction=%s)",
+                self.path,
+                available,
+                "/".join(carved),
+                self.splits["train"],
+                self.val_fraction,
+                self.test_fraction,
             )
         raw: dict[str, list[str | None]] = {name: [] for name in SPLITS}
-        for index, text in enumerate(self._texts(loaded[self.splits["train"]], self.splits["train"])):
+        for index, text in enumerate(
+            self._texts(loaded[self.splits["train"]], self.splits["train"])
+        ):
             split = split_of(str(index), self.split_seed, self.val_fraction, self.test_fraction)
             raw[split if split in carved else "train"].append(text)
         for split in SPLITS[1:]:
@@ -125,7 +146,8 @@ class HFTextDataModule(TokenBlocksDataModule):
         empty = [name for name in SPLITS if not texts[name]]
         if empty:
             raise ConfigError(
-                f"data.path={self.path}: the {'/'.join(empty)} split has no non-blank text in column {self.text_column}; "
+                f"data.path={self.path}: the {'/'.join(empty)} split has no non-blank text "
+                f"in column {self.text_column}; "
                 "use more data or raise data.val_fraction/data.test_fraction"
             )
         manifest = {
@@ -134,12 +156,19 @@ class HFTextDataModule(TokenBlocksDataModule):
             "name": self.name,
             "data_files": self.data_files,
             "text_column": self.text_column,
-            "source_splits": {s: (f"{self.splits['train']} (carved)" if s in carved else self.splits[s]) for s in SPLITS},
+            "source_splits": {
+                s: (f"{self.splits['train']} (carved)" if s in carved else self.splits[s])
+                for s in SPLITS
+            },
             "seed": self.split_seed,
             "val_fraction": self.val_fraction,
             "test_fraction": self.test_fraction,
             "splits": {
-                name: {"documents": len(items), "chars": sum(map(len, items)), "texts_hash": texts_hash(items)}
+                name: {
+                    "documents": len(items),
+                    "chars": sum(map(len, items)),
+                    "texts_hash": texts_hash(items),
+                }
                 for name, items in texts.items()
             },
         }

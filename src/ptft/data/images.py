@@ -6,9 +6,9 @@ and serves unlabelled training batches ``(x,)`` to pretraining objectives, so th
 never see a training label. Validation and test batches are always ``(x, y)``.
 
 A pretraining run may still *monitor* its representation with the labels of the training
-images (:mod:`ptft.objectives.monitor`): ``labelled_train_dataloader`` serves them for an
-online kNN, and ``monitor_labels`` (set by an objective with an online probe) adds them to
-training batches for the probe, which only ever reads detached features.
+images (:mod:`ptft.monitors.features`): ``labelled_train_dataloader`` serves them for an
+online kNN, and ``monitor_labels`` (passed by the run for an objective with an online probe)
+adds them to training batches for the probe, which only ever reads detached features.
 """
 
 from __future__ import annotations
@@ -66,6 +66,7 @@ class ImageDataModule(SplitLoaders):
         label_fraction: float = 1.0,
         subset_seed: int = 0,
         with_labels: bool = True,
+        monitor_labels: bool = False,
     ) -> None:
         super().__init__()
         self.input_shape = tuple(input_shape)
@@ -80,14 +81,15 @@ class ImageDataModule(SplitLoaders):
         self.subset_seed = subset_seed
         self.with_labels = with_labels
         #: training batches carry labels for a pretraining objective's online probe (only)
-        self.monitor_labels = False
+        self.monitor_labels = monitor_labels
         self.splits: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         self.indices: dict[str, np.ndarray] = {}
         if not 0.0 < label_fraction <= 1.0:
             raise ConfigError(f"data.label_fraction must be in (0, 1], got {label_fraction}")
         if not (0.0 <= test_fraction < 1.0 and 0.0 < val_fraction < 1.0):
             raise ConfigError(
-                f"data.test_fraction={test_fraction} must be in [0, 1) and data.val_fraction={val_fraction} in (0, 1)"
+                f"data.test_fraction={test_fraction} must be in [0, 1) "
+                f"and data.val_fraction={val_fraction} in (0, 1)"
             )
 
     # -- what a subclass provides -------------------------------------------------
@@ -101,10 +103,13 @@ class ImageDataModule(SplitLoaders):
             return
         (x, y), test = self.load()
         if len(x) == 0:
-            raise ConfigError(f"{type(self).__name__} loaded an empty data set; check data.root and the files")
+            raise ConfigError(
+                f"{type(self).__name__} loaded an empty data set; check data.root and the files"
+            )
         if tuple(x.shape[1:]) != self.input_shape:
             raise ConfigError(
-                f"data.input_shape={list(self.input_shape)} but the images are {list(x.shape[1:])}; fix data.input_shape"
+                f"data.input_shape={list(self.input_shape)} but the images are "
+                f"{list(x.shape[1:])}; fix data.input_shape"
             )
         # indices into the loaded images, or into the official test set when there is one
         pool = np.arange(len(y))

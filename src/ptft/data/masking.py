@@ -36,7 +36,9 @@ def mask_tokens(
     """
     if not 0.0 <= mask_prob <= 1.0:
         raise ConfigError(f"mask_prob must be in [0, 1], got {mask_prob}")
-    if not (mask_fraction >= 0.0 and random_fraction >= 0.0 and mask_fraction + random_fraction <= 1.0):
+    if not (
+        mask_fraction >= 0.0 and random_fraction >= 0.0 and mask_fraction + random_fraction <= 1.0
+    ):
         raise ConfigError(
             f"mask_fraction={mask_fraction} and random_fraction={random_fraction} must be >= 0 "
             "with a sum of at most 1; lower them"

@@ -24,6 +24,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from ptft.errors import ConfigError
+from ptft.files import write_atomic
 
 #: bumped whenever the extraction rules change, so old caches are not reused
 FORMAT_VERSION = 1
@@ -40,13 +41,37 @@ VERSION_DEPENDENT_PACKAGES = frozenset(
         # added in 3.11
         "tomllib",
         # added in 3.12 or 3.13 (pure-Python twins and helpers of C modules)
-        "_pydatetime", "_pylong", "_pyrepl", "_colorize", "_ios_support", "_android_support",
+        "_pydatetime",
+        "_pylong",
+        "_pyrepl",
+        "_colorize",
+        "_ios_support",
+        "_android_support",
         "_opcode_metadata",
         # removed in 3.12 (PEP 632, PEP 594 early removals)
-        "distutils", "asynchat", "asyncore", "imp", "smtpd", "_bootsubprocess",
+        "distutils",
+        "asynchat",
+        "asyncore",
+        "imp",
+        "smtpd",
+        "_bootsubprocess",
         # removed in 3.13 (PEP 594 "dead batteries", lib2to3)
-        "aifc", "cgi", "cgitb", "chunk", "crypt", "imghdr", "mailcap", "msilib", "nntplib",
-        "pipes", "sndhdr", "sunau", "telnetlib", "uu", "xdrlib", "lib2to3",
+        "aifc",
+        "cgi",
+        "cgitb",
+        "chunk",
+        "crypt",
+        "imghdr",
+        "mailcap",
+        "msilib",
+        "nntplib",
+        "pipes",
+        "sndhdr",
+        "sunau",
+        "telnetlib",
+        "uu",
+        "xdrlib",
+        "lib2to3",
     }
 )
 
@@ -188,7 +213,9 @@ def _unit_hash(seed: int, path: str) -> float:
     return int.from_bytes(digest[:8], "big") / 2**64  # uniform in [0, 1)
 
 
-def assign_splits(paths: Iterable[str], seed: int, val_fraction: float, test_fraction: float) -> dict[str, str]:
+def assign_splits(
+    paths: Iterable[str], seed: int, val_fraction: float, test_fraction: float
+) -> dict[str, str]:
     """The split of every source file: whole files, stratified by top-level package.
 
     A package of at least ``MIN_FILES_PER_SPLIT_PACKAGE`` files sends its files with the lowest
@@ -236,13 +263,6 @@ def _sources_hash(root: Path, files: list[str]) -> str:
     return h.hexdigest()
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    # write then rename, so a concurrent reader (another rank) never sees a partial file
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
-
-
 def _read_cache(records_path: Path, manifest_path: Path) -> tuple[list[DocRecord], dict] | None:
     if not (records_path.exists() and manifest_path.exists()):
         return None
@@ -254,14 +274,20 @@ def _read_cache(records_path: Path, manifest_path: Path) -> tuple[list[DocRecord
     return records, stored
 
 
-def load_records(cache_dir: str | Path, root: str | Path | None = None) -> tuple[list[DocRecord], dict]:
+def load_records(
+    cache_dir: str | Path, root: str | Path | None = None
+) -> tuple[list[DocRecord], dict]:
     """All records and the stored manifest, read from ``cache_dir`` or built and cached there."""
     root = Path(root) if root is not None else stdlib_root()
     if not root.is_dir():
-        raise ConfigError(f"standard library directory {root} does not exist; pass an existing root")
+        raise ConfigError(
+            f"standard library directory {root} does not exist; pass an existing root"
+        )
     files = source_files(root)
     if not files:
-        raise ConfigError(f"no Python source files under {root}; pass the standard library directory")
+        raise ConfigError(
+            f"no Python source files under {root}; pass the standard library directory"
+        )
     version = platform.python_version()
     source_hash = _sources_hash(root, files)
     cache_dir = Path(cache_dir)
@@ -285,8 +311,9 @@ def load_records(cache_dir: str | Path, root: str | Path | None = None) -> tuple
         "num_chars": sum(len(r.text) for r in records),
     }
     cache_dir.mkdir(parents=True, exist_ok=True)
-    _write_atomic(records_path, data)
-    _write_atomic(manifest_path, json.dumps(stored, indent=2).encode())
+    # written then renamed, so a concurrent reader (another rank) never sees a partial file
+    write_atomic(records_path, data)
+    write_atomic(manifest_path, json.dumps(stored, indent=2).encode())
     return records, stored
 
 
@@ -303,7 +330,11 @@ def build_corpus(
     stored fields (``python_version``, ``content_hash`` of the cached records, counts) plus
     the split settings and, per split, its files, records, characters and ``texts_hash``.
     """
-    if not (0.0 <= val_fraction < 1.0 and 0.0 <= test_fraction < 1.0 and val_fraction + test_fraction < 1.0):
+    if not (
+        0.0 <= val_fraction < 1.0
+        and 0.0 <= test_fraction < 1.0
+        and val_fraction + test_fraction < 1.0
+    ):
         raise ConfigError(
             f"val_fraction={val_fraction} and test_fraction={test_fraction} must be in [0, 1) "
             "with a sum below 1; lower them"
@@ -402,4 +433,3 @@ def name_task(corpus: PydocCorpus) -> dict[str, list[tuple[str, str]]]:
                 pairs.append((summary, name))
         examples[split] = pairs
     return examples
-

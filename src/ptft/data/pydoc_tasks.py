@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -37,6 +36,7 @@ from ptft.data.tokenizer import (
     load_tokenizer,
 )
 from ptft.errors import ConfigError
+from ptft.files import write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +47,9 @@ def frame_text(tokenizer: Tokenizer, text: str, max_length: int) -> list[int]:
     return [EOS_ID, *ids, EOS_ID]
 
 
-def frame_pair(tokenizer: Tokenizer, prompt: str, target: str, max_length: int) -> tuple[list[int], int]:
+def frame_pair(
+    tokenizer: Tokenizer, prompt: str, target: str, max_length: int
+) -> tuple[list[int], int]:
     """``<eos> prompt <sep> target <eos>`` and the index of the first target token.
 
     The target is kept whole (it must fit with room for a prompt token); the prompt is
@@ -140,19 +142,33 @@ class PydocLabelledDataModule(SplitLoaders):
     ) -> None:
         super().__init__()
         if list(input_shape) != [max_length]:
-            raise ConfigError(f"data.input_shape={list(input_shape)} must be [data.max_length]=[{max_length}]")
+            raise ConfigError(
+                f"data.input_shape={list(input_shape)} must be [data.max_length]=[{max_length}]"
+            )
         if vocab_size < MIN_VOCAB_SIZE:
-            raise ConfigError(f"data.vocab_size={vocab_size} is too small; use data.vocab_size>={MIN_VOCAB_SIZE}")
+            raise ConfigError(
+                f"data.vocab_size={vocab_size} is too small; use data.vocab_size>={MIN_VOCAB_SIZE}"
+            )
         if max_length < 4:
-            raise ConfigError(f"data.max_length={max_length} cannot hold a framed text; use data.max_length>=4")
+            raise ConfigError(
+                f"data.max_length={max_length} cannot hold a framed text; use data.max_length>=4"
+            )
         if not 0.0 < label_fraction <= 1.0:
             raise ConfigError(f"data.label_fraction must be in (0, 1], got {label_fraction}")
         self.cache_dir = Path(cache_dir)
         self.input_shape = (max_length,)
         self.vocab_size, self.max_length = vocab_size, max_length
         self.tokenizer_file = tokenizer
-        self.batch_size, self.eval_batch_size, self.num_workers = batch_size, eval_batch_size, num_workers
-        self.split_seed, self.val_fraction, self.test_fraction = split_seed, val_fraction, test_fraction
+        self.batch_size, self.eval_batch_size, self.num_workers = (
+            batch_size,
+            eval_batch_size,
+            num_workers,
+        )
+        self.split_seed, self.val_fraction, self.test_fraction = (
+            split_seed,
+            val_fraction,
+            test_fraction,
+        )
         self.label_fraction, self.subset_seed = label_fraction, subset_seed
         self.tokenizer_path: Path | None = None
         self.datasets: dict[str, Dataset] = {}
@@ -167,14 +183,19 @@ class PydocLabelledDataModule(SplitLoaders):
         return load_tokenizer(path)
 
     def build(self, corpus: PydocCorpus, tokenizer: Tokenizer) -> dict[str, Dataset]:
-        """The task's train/val/test datasets (the train split already cut to ``label_fraction``)."""
+        """The task's train/val/test datasets (the train split already cut to
+        ``label_fraction``)."""
         raise NotImplementedError
 
     def setup(self, stage: str | None = None) -> None:
         if self.datasets:
             return
-        corpus = build_corpus(self.cache_dir, seed=self.split_seed, val_fraction=self.val_fraction,
-                              test_fraction=self.test_fraction)
+        corpus = build_corpus(
+            self.cache_dir,
+            seed=self.split_seed,
+            val_fraction=self.val_fraction,
+            test_fraction=self.test_fraction,
+        )
         self.datasets = self.build(corpus, self.load_tokenizer(corpus))
         self.manifest = {**corpus.manifest, "sizes": {s: len(d) for s, d in self.datasets.items()}}
         for split in SPLITS:
@@ -203,10 +224,7 @@ class PydocLabelledDataModule(SplitLoaders):
 
 
 def _write_labels(path: Path, labels: list[str]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(labels, indent=1) + "\n")
-    os.replace(tmp, path)
+    write_atomic(path, json.dumps(labels, indent=1) + "\n")
 
 
 class PydocPackageDataModule(PydocLabelledDataModule):
@@ -223,7 +241,10 @@ class PydocPackageDataModule(PydocLabelledDataModule):
     def build(self, corpus: PydocCorpus, tokenizer: Tokenizer) -> dict[str, Dataset]:
         examples, self.label_names = package_task(corpus, self.num_classes)
         train_hash = corpus.manifest["splits"]["train"]["texts_hash"][:16]
-        _write_labels(self.cache_dir / f"package-labels-{train_hash}-k{self.num_classes}.json", self.label_names)
+        _write_labels(
+            self.cache_dir / f"package-labels-{train_hash}-k{self.num_classes}.json",
+            self.label_names,
+        )
         datasets = {}
         for split, pairs in examples.items():
             ids = [frame_text(tokenizer, text, self.max_length) for text, _ in pairs]
@@ -241,10 +262,14 @@ class PydocNamesDataModule(PydocLabelledDataModule):
     def build(self, corpus: PydocCorpus, tokenizer: Tokenizer) -> dict[str, Dataset]:
         datasets = {}
         for split, pairs in name_task(corpus).items():
-            framed = [frame_pair(tokenizer, summary, name, self.max_length) for summary, name in pairs]
+            framed = [
+                frame_pair(tokenizer, summary, name, self.max_length) for summary, name in pairs
+            ]
             if split == "train" and self.label_fraction < 1.0:
                 count = max(1, round(self.label_fraction * len(framed)))
-                keep = np.sort(np.random.default_rng(self.subset_seed).permutation(len(framed))[:count])
+                keep = np.sort(
+                    np.random.default_rng(self.subset_seed).permutation(len(framed))[:count]
+                )
                 framed = [framed[i] for i in keep]
             datasets[split] = GenerationExamples(framed)
         return datasets

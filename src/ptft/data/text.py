@@ -17,7 +17,6 @@ masked LM reads ``item[:-1]`` (one data layout serves both objectives).
 from __future__ import annotations
 
 import hashlib
-import os
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -34,31 +33,22 @@ from ptft.data.tokenizer import (
     train_tokenizer,
 )
 from ptft.errors import ConfigError
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)  # a concurrent reader (another rank) never sees a partial file
+from ptft.files import write_atomic
 
 
 def _trained_dir(cache_dir: Path, train_hash: str, vocab_size: int, seed: int) -> Path:
     return cache_dir / f"tokenizer-{train_hash[:16]}-v{vocab_size}-s{seed}"
 
 
-def trained_tokenizer(cache_dir: Path, train_texts: Sequence[str], vocab_size: int, seed: int) -> Path:
+def trained_tokenizer(
+    cache_dir: Path, train_texts: Sequence[str], vocab_size: int, seed: int
+) -> Path:
     """Path of a ``tokenizer.json`` trained on ``train_texts``, trained and saved if missing."""
     path = _trained_dir(cache_dir, texts_hash(train_texts), vocab_size, seed) / TOKENIZER_FILE
     if not path.is_file():
         tokenizer = train_tokenizer(train_texts, vocab_size)
-        _write_atomic(path, tokenizer.to_str(pretty=True).encode())  # as Tokenizer.save writes it
+        write_atomic(path, tokenizer.to_str(pretty=True).encode())  # as Tokenizer.save writes it
     return path
-
-
-def tokenizer_dir(cache_dir: Path, corpus: PydocCorpus, vocab_size: int, seed: int) -> Path:
-    """Where the tokenizer of this training split, vocabulary size and split seed is cached."""
-    return _trained_dir(cache_dir, corpus.manifest["splits"]["train"]["texts_hash"], vocab_size, seed)
 
 
 def cached_tokenizer(cache_dir: Path, corpus: PydocCorpus, vocab_size: int, seed: int) -> Path:
@@ -86,7 +76,9 @@ def given_tokenizer(cache_dir: Path, path: str | Path, vocab_size: int) -> Path:
         tokenizer = Tokenizer.from_str(data.decode())
     except Exception as e:  # the Rust parser raises a bare Exception
         first_line = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise ConfigError(f"data.tokenizer={path} is not a tokenizers JSON file ({first_line}); fix the path") from e
+        raise ConfigError(
+            f"data.tokenizer={path} is not a tokenizers JSON file ({first_line}); fix the path"
+        ) from e
     check_special_ids(tokenizer, source=f"data.tokenizer={path}")
     size = tokenizer.get_vocab_size()
     if size > vocab_size:
@@ -96,7 +88,7 @@ def given_tokenizer(cache_dir: Path, path: str | Path, vocab_size: int) -> Path:
         )
     copy = cache_dir / f"tokenizer-given-{hashlib.sha256(data).hexdigest()[:16]}" / TOKENIZER_FILE
     if not (copy.is_file() and copy.read_bytes() == data):
-        _write_atomic(copy, data)
+        write_atomic(copy, data)
     return copy
 
 
@@ -126,15 +118,25 @@ class TokenBlocksDataModule(SplitLoaders):
     ) -> None:
         super().__init__()
         if list(input_shape) != [block_size]:
-            raise ConfigError(f"data.input_shape={list(input_shape)} must be [data.block_size]=[{block_size}]")
-        if vocab_size < MIN_VOCAB_SIZE:
-            raise ConfigError(f"data.vocab_size={vocab_size} is too small; use data.vocab_size>={MIN_VOCAB_SIZE}")
-        if block_size < 1 or batch_size < 1 or eval_batch_size < 1:
-            raise ConfigError("data.block_size, data.batch_size and data.eval_batch_size must be at least 1")
-        if not (0.0 <= val_fraction < 1.0 and 0.0 <= test_fraction < 1.0 and val_fraction + test_fraction < 1.0):
             raise ConfigError(
-                f"data.val_fraction={val_fraction} and data.test_fraction={test_fraction} must be in [0, 1) "
-                "with a sum below 1; lower them"
+                f"data.input_shape={list(input_shape)} must be [data.block_size]=[{block_size}]"
+            )
+        if vocab_size < MIN_VOCAB_SIZE:
+            raise ConfigError(
+                f"data.vocab_size={vocab_size} is too small; use data.vocab_size>={MIN_VOCAB_SIZE}"
+            )
+        if block_size < 1 or batch_size < 1 or eval_batch_size < 1:
+            raise ConfigError(
+                "data.block_size, data.batch_size and data.eval_batch_size must be at least 1"
+            )
+        if not (
+            0.0 <= val_fraction < 1.0
+            and 0.0 <= test_fraction < 1.0
+            and val_fraction + test_fraction < 1.0
+        ):
+            raise ConfigError(
+                f"data.val_fraction={val_fraction} and data.test_fraction={test_fraction} "
+                "must be in [0, 1) with a sum below 1; lower them"
             )
         self.cache_dir = Path(cache_dir).expanduser()
         self.input_shape = (block_size,)
@@ -160,15 +162,24 @@ class TokenBlocksDataModule(SplitLoaders):
         if self.token_files:
             return
         # a given tokenizer is checked first: a wrong path fails before the data is read
-        given = given_tokenizer(self.cache_dir, self.tokenizer, self.vocab_size) if self.tokenizer else None
+        given = (
+            given_tokenizer(self.cache_dir, self.tokenizer, self.vocab_size)
+            if self.tokenizer
+            else None
+        )
         texts, manifest = self.load_splits()
         if given is not None:
             path = given
         else:
-            path = trained_tokenizer(self.cache_dir, texts["train"], self.vocab_size, self.split_seed)
+            path = trained_tokenizer(
+                self.cache_dir, texts["train"], self.vocab_size, self.split_seed
+            )
             size = load_tokenizer(path).get_vocab_size()
             if size > self.vocab_size:
-                raise ConfigError(f"{path} has {size} tokens, more than data.vocab_size={self.vocab_size}; delete it")
+                raise ConfigError(
+                    f"{path} has {size} tokens, more than data.vocab_size={self.vocab_size}; "
+                    "delete it"
+                )
         self.token_files = {split: build_token_file(path, texts[split], split) for split in SPLITS}
         self.tokenizer_path, self.manifest = path, manifest
 
@@ -183,9 +194,14 @@ class TokenBlocksDataModule(SplitLoaders):
 
 
 class PydocTextDataModule(TokenBlocksDataModule):
-    """Blocks of ``block_size + 1`` tokens of Python docstrings; train/val/test split by source file."""
+    """Blocks of ``block_size + 1`` tokens of Python docstrings; train/val/test split by source
+    file."""
 
     def load_splits(self) -> tuple[dict[str, list[str]], dict]:
-        corpus = build_corpus(self.cache_dir, seed=self.split_seed, val_fraction=self.val_fraction,
-                              test_fraction=self.test_fraction)
+        corpus = build_corpus(
+            self.cache_dir,
+            seed=self.split_seed,
+            val_fraction=self.val_fraction,
+            test_fraction=self.test_fraction,
+        )
         return {split: corpus.texts(split) for split in SPLITS}, corpus.manifest

@@ -30,7 +30,8 @@ _PARAGRAPH_BREAK = re.compile(r"\n\s*\n")
 
 
 def glob_root(pattern: str) -> Path:
-    """The leading folders of ``pattern`` that hold no glob character (``a/b/**/*.txt`` → ``a/b``)."""
+    """The leading folders of ``pattern`` that hold no glob character (``a/b/**/*.txt`` →
+    ``a/b``)."""
     parts = Path(pattern).parts
     fixed = []
     for part in parts:
@@ -52,13 +53,17 @@ def find_files(files: str) -> tuple[Path, list[Path]]:
         if os.path.isdir(pattern):  # a folder matches itself, not its files
             hint = f"use '{files.rstrip('/')}/**/*.txt' for the files in that folder"
         else:
-            hint = f"check the path (relative globs start at {os.getcwd()}) and quote the glob on the command line"
+            hint = (
+                f"check the path (relative globs start at {os.getcwd()}) "
+                "and quote the glob on the command line"
+            )
         raise ConfigError(f"data.files={files}: no file matches; {hint}")
     return glob_root(pattern), matches
 
 
 def read_documents(path: Path, split_paragraphs: bool) -> list[str]:
-    """The non-blank documents of one file: the whole text, or its blank-line-separated paragraphs."""
+    """The non-blank documents of one file: the whole text, or its blank-line-separated
+    paragraphs."""
     try:
         # utf-8-sig drops the byte-order mark some editors write; universal newlines make
         # Windows line ends "\n", so the same text tokenizes the same on every system
@@ -104,29 +109,40 @@ class TextFilesDataModule(TokenBlocksDataModule):
         split_paragraphs: bool = False,
         **kwargs: Any,
     ) -> None:
-        # the token-block settings (vocab_size, block_size, batches, split, tokenizer) are the base's
+        # the token-block settings (vocab_size, block_size, batches, split, tokenizer) are the
+        # base's
         super().__init__(cache_dir, input_shape, **kwargs)
         self.files = files
         self.split_paragraphs = split_paragraphs
 
     def load_splits(self) -> tuple[dict[str, list[str]], dict]:
         root, paths = find_files(self.files)
-        docs = [(p.relative_to(root).as_posix(), read_documents(p, self.split_paragraphs)) for p in paths]
+        docs = [
+            (p.relative_to(root).as_posix(), read_documents(p, self.split_paragraphs))
+            for p in paths
+        ]
         docs = [(key, texts) for key, texts in docs if texts]
         if not docs:
-            raise ConfigError(f"data.files={self.files}: all {len(paths)} matching files are empty; add text to them")
+            raise ConfigError(
+                f"data.files={self.files}: all {len(paths)} matching files are empty; "
+                "add text to them"
+            )
         splits, unit = split_documents(docs, self.split_seed, self.val_fraction, self.test_fraction)
         num_docs = sum(len(texts) for _, texts in docs)
         if unit == "document":
             log.warning(
-                "data.files=%s: %d files are too few to give every split a file; split their %d documents instead",
-                self.files, len(docs), num_docs,
+                "data.files=%s: %d files are too few to give every split a file; "
+                "split their %d documents instead",
+                self.files,
+                len(docs),
+                num_docs,
             )
         empty = [name for name in SPLITS if not splits[name]]
         if empty:
             raise ConfigError(
-                f"data.files={self.files}: {num_docs} documents leave the {'/'.join(empty)} split empty; "
-                "add files, set data.split_paragraphs=true or raise data.val_fraction/data.test_fraction"
+                f"data.files={self.files}: {num_docs} documents leave the {'/'.join(empty)} "
+                "split empty; add files, set data.split_paragraphs=true or raise "
+                "data.val_fraction/data.test_fraction"
             )
         manifest = {
             "source": "text_files",
@@ -140,7 +156,11 @@ class TextFilesDataModule(TokenBlocksDataModule):
             "val_fraction": self.val_fraction,
             "test_fraction": self.test_fraction,
             "splits": {
-                name: {"documents": len(texts), "chars": sum(map(len, texts)), "texts_hash": texts_hash(texts)}
+                name: {
+                    "documents": len(texts),
+                    "chars": sum(map(len, texts)),
+                    "texts_hash": texts_hash(texts),
+                }
                 for name, texts in splits.items()
             },
         }

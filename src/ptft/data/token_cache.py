@@ -22,6 +22,7 @@ from torch.utils.data import Dataset
 from ptft.data.pydoc_corpus import texts_hash
 from ptft.data.tokenizer import EOS_ID, load_tokenizer, tokenizer_hash
 from ptft.errors import ConfigError
+from ptft.files import atomic_path, write_atomic
 
 
 @dataclass(frozen=True)
@@ -50,7 +51,9 @@ def encode_documents(
 ) -> Iterator[np.ndarray]:
     """Yield flat arrays of token ids, each document followed by ``<eos>``, batch by batch."""
     for start in range(0, len(texts), batch_size):
-        encodings = tokenizer.encode_batch(list(texts[start : start + batch_size]), add_special_tokens=False)
+        encodings = tokenizer.encode_batch(
+            list(texts[start : start + batch_size]), add_special_tokens=False
+        )
         pieces = []
         for enc in encodings:
             pieces.append(np.asarray(enc.ids, dtype=dtype))
@@ -77,20 +80,19 @@ def build_token_file(
     if cached is not None:
         return cached
     if not texts:
-        raise ConfigError(f"the {split} split has no texts to tokenize; check the corpus and its split fractions")
+        raise ConfigError(
+            f"the {split} split has no texts to tokenize; check the corpus and its split fractions"
+        )
 
     dtype = token_dtype(tokenizer.get_vocab_size())
-    tmp = bin_path.with_name(f"{bin_path.name}.{os.getpid()}.tmp")
     num_tokens = 0
-    with open(tmp, "wb") as f:
+    # renamed into place when written, so readers never see a partial file
+    with atomic_path(bin_path) as tmp, open(tmp, "wb") as f:
         for chunk in encode_documents(tokenizer, texts, dtype, batch_size):
             f.write(chunk.tobytes())
             num_tokens += len(chunk)
-    os.replace(tmp, bin_path)  # rename, so readers never see a partial file
     token_file = TokenFile(str(bin_path), dtype.name, num_tokens, len(texts), tok_hash, txt_hash)
-    tmp_meta = meta_path.with_name(f"{meta_path.name}.{os.getpid()}.tmp")
-    tmp_meta.write_text(json.dumps(asdict(token_file), indent=2))
-    os.replace(tmp_meta, meta_path)
+    write_atomic(meta_path, json.dumps(asdict(token_file), indent=2))
     return token_file
 
 

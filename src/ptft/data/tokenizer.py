@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterable
-from dataclasses import dataclass
 from pathlib import Path
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
@@ -28,20 +27,9 @@ MIN_VOCAB_SIZE = NUM_SPECIAL + 256
 TOKENIZER_FILE = "tokenizer.json"
 
 
-@dataclass(frozen=True)
-class SpecialIds:
-    """Ids of the special tokens of a tokenizer."""
-
-    pad: int
-    unk: int
-    bos: int
-    eos: int
-    mask: int
-    sep: int
-    cls: int
-
-
-def train_tokenizer(texts: Iterable[str], vocab_size: int = 8192, min_frequency: int = 2) -> Tokenizer:
+def train_tokenizer(
+    texts: Iterable[str], vocab_size: int = 8192, min_frequency: int = 2
+) -> Tokenizer:
     """Train byte-level BPE on ``texts``; the result has at most ``vocab_size`` tokens.
 
     Training is deterministic for the same texts in the same order.
@@ -86,21 +74,6 @@ def check_special_ids(tokenizer: Tokenizer, source: str = "the tokenizer") -> No
                 f"{source} gives {token} id {found}, not {expected}; "
                 "use a tokenizer trained with ptft.data.tokenizer.train_tokenizer"
             )
-
-
-def special_ids(tokenizer: Tokenizer) -> SpecialIds:
-    """The special-token ids, read from ``tokenizer`` (checked against the fixed layout)."""
-    check_special_ids(tokenizer)
-    return SpecialIds(*(tokenizer.token_to_id(t) for t in SPECIAL_TOKENS))
-
-
-def save_tokenizer(tokenizer: Tokenizer, directory: str | Path) -> Path:
-    """Write ``directory/tokenizer.json`` and return its path."""
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    path = directory / TOKENIZER_FILE
-    tokenizer.save(str(path))
-    return path
 
 
 def load_tokenizer(path: str | Path) -> Tokenizer:

@@ -37,7 +37,8 @@ class TorchvisionDataModule(ImageDataModule):
             from torchvision import datasets
         except Exception as err:  # ImportError, or a torchvision built for another torch
             raise ConfigError(
-                f"data={self.name} needs torchvision that matches your torch: pip install 'ptft[vision]' ({err})"
+                f"data={self.name} needs torchvision that matches your torch: "
+                f"pip install 'ptft[vision]' ({err})"
             ) from err
         cls_name = _DATASETS[self.name][0]
         try:
@@ -49,7 +50,8 @@ class TorchvisionDataModule(ImageDataModule):
                 else "set data.download=true to fetch it (needs network)"
             )
             raise ConfigError(
-                f"{cls_name} files not found under data.root={self.root}: put the original files there "
+                f"{cls_name} files not found under data.root={self.root}: "
+                "put the original files there "
                 f"(as torchvision.datasets.{cls_name} expects) or {hint}"
             ) from err
 

@@ -14,7 +14,11 @@ KV = tuple[Tensor, Tensor]
 
 
 def allowed_keys(
-    q_len: int, k_len: int, causal: bool, key_mask: Tensor | None = None, device: torch.device | None = None
+    q_len: int,
+    k_len: int,
+    causal: bool,
+    key_mask: Tensor | None = None,
+    device: torch.device | None = None,
 ) -> Tensor:
     """Bool ``(B or 1, 1, q_len, k_len)``: True where a query may attend to a key.
 
@@ -25,7 +29,9 @@ def allowed_keys(
     past = k_len - q_len
     q_pos = torch.arange(past, k_len, device=device)[:, None]
     k_pos = torch.arange(k_len, device=device)[None, :]
-    allowed = k_pos <= q_pos if causal else torch.ones(q_len, k_len, dtype=torch.bool, device=device)
+    allowed = (
+        k_pos <= q_pos if causal else torch.ones(q_len, k_len, dtype=torch.bool, device=device)
+    )
     allowed = allowed[None, None]
     if key_mask is not None:
         allowed = (allowed & key_mask[:, None, None, :]) | (k_pos == q_pos)
@@ -52,7 +58,9 @@ class SelfAttention(nn.Module):
         if dim % num_heads:
             raise ValueError(f"attention dim={dim} is not divisible by num_heads={num_heads}")
         if rotary is not None and rotary.head_dim != dim // num_heads:
-            raise ValueError(f"rotary head_dim={rotary.head_dim} but attention head dim is {dim // num_heads}")
+            raise ValueError(
+                f"rotary head_dim={rotary.head_dim} but attention head dim is {dim // num_heads}"
+            )
         self.dim, self.num_heads, self.head_dim = dim, num_heads, dim // num_heads
         self.causal, self.dropout = causal, dropout
         self.qkv = nn.Linear(dim, 3 * dim)
@@ -60,25 +68,31 @@ class SelfAttention(nn.Module):
         self.resid_dropout = nn.Dropout(dropout)
         self.rotary = rotary
 
-    def forward(self, x: Tensor, key_mask: Tensor | None = None, kv_cache: KV | None = None) -> tuple[Tensor, KV]:
+    def forward(
+        self, x: Tensor, key_mask: Tensor | None = None, kv_cache: KV | None = None
+    ) -> tuple[Tensor, KV]:
         """``key_mask (B, T_past + T)`` bool, True = real token, covers cached and new keys."""
         B, T, _ = x.shape
         if kv_cache is not None and not self.causal:
             raise ValueError(
-                "a key/value cache needs causal attention: bidirectional keys change with every new token"
+                "a key/value cache needs causal attention: "
+                "bidirectional keys change with every new token"
             )
         # split, not view(B, T, 3, H, Dh).permute(...) and unbind: the same q, k, v views, but
         # backward joins their gradients with one cat instead of a stack plus a reshape copy
         # (about 15% of the attention's forward + backward time on CPU)
         q, k, v = (
-            t.view(B, T, self.num_heads, self.head_dim).transpose(1, 2) for t in self.qkv(x).split(self.dim, dim=-1)
+            t.view(B, T, self.num_heads, self.head_dim).transpose(1, 2)
+            for t in self.qkv(x).split(self.dim, dim=-1)
         )
         past = 0 if kv_cache is None else kv_cache[0].shape[2]
         if self.rotary is not None:
             q, k = self.rotary(q, k, offset=past)  # cached keys were rotated at their own positions
         if kv_cache is not None:
             k, v = torch.cat((kv_cache[0], k), dim=2), torch.cat((kv_cache[1], v), dim=2)
-        if key_mask is not None and (key_mask.dtype != torch.bool or key_mask.shape != (B, past + T)):
+        if key_mask is not None and (
+            key_mask.dtype != torch.bool or key_mask.shape != (B, past + T)
+        ):
             raise ValueError(
                 f"key mask must be bool of shape {[B, past + T]} (cached + new tokens), "
                 f"got {key_mask.dtype} {list(key_mask.shape)}"
@@ -91,7 +105,12 @@ class SelfAttention(nn.Module):
             is_causal = True  # no cache, no padding: SDPA's own (top-left aligned) causal mask fits
         # (a single causal query with no padding sees every key: no mask at all)
         y = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0, is_causal=is_causal
+            q,
+            k,
+            v,
+            attn_mask=mask,
+            dropout_p=self.dropout if self.training else 0.0,
+            is_causal=is_causal,
         )
         y = y.transpose(1, 2).reshape(B, T, self.dim)
         return self.resid_dropout(self.proj(y)), (k, v)

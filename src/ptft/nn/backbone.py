@@ -7,11 +7,12 @@ handoff can rebuild the architecture without the user repeating it.
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 from torch import nn
+
+from ptft.config.targets import locate
 
 
 class Backbone(nn.Module):
@@ -22,15 +23,6 @@ class Backbone(nn.Module):
     def layer_groups(self) -> list[nn.Module]:
         """The backbone's layer groups, bottom (input side) to top (feature side)."""
         raise NotImplementedError
-
-
-def locate(path: str) -> Any:
-    """Import ``package.module.Name`` and return ``Name``, with a clear error otherwise."""
-    module_name, _, attr = path.rpartition(".")
-    try:
-        return getattr(importlib.import_module(module_name), attr)
-    except (ImportError, AttributeError, ValueError) as err:
-        raise ValueError(f"cannot import '{path}': {err}; check the _target_ in the config") from err
 
 
 def build_backbone(config: Mapping[str, Any], input_shape: Sequence[int]) -> Backbone:

@@ -16,7 +16,11 @@ from ptft.nn.backbone import Backbone
 
 
 def _conv_bn_relu(c_in: int, c_out: int) -> list[nn.Module]:
-    return [nn.Conv2d(c_in, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU(inplace=True)]
+    return [
+        nn.Conv2d(c_in, c_out, 3, padding=1, bias=False),
+        nn.BatchNorm2d(c_out),
+        nn.ReLU(inplace=True),
+    ]
 
 
 class CNN(Backbone):
@@ -30,7 +34,9 @@ class CNN(Backbone):
     ) -> None:
         super().__init__()
         if len(input_shape) != 3:
-            raise ValueError(f"cnn backbone needs (C, H, W) inputs, got input_shape={list(input_shape)}")
+            raise ValueError(
+                f"cnn backbone needs (C, H, W) inputs, got input_shape={list(input_shape)}"
+            )
         if not channels:
             raise ValueError("cnn backbone needs at least one stage (channels)")
         self.input_shape = tuple(input_shape)

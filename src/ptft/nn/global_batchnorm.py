@@ -29,7 +29,9 @@ class GlobalBatchNorm(_BatchNorm):
 
     def _check_input_dim(self, x: Tensor) -> None:
         if x.dim() < 2:
-            raise ValueError(f"GlobalBatchNorm expects (batch, channels, ...) input, got {x.dim()}-D")
+            raise ValueError(
+                f"GlobalBatchNorm expects (batch, channels, ...) input, got {x.dim()}-D"
+            )
 
     def forward(self, x: Tensor) -> Tensor:
         if not (self.training and _distributed()):
@@ -70,12 +72,20 @@ def _convert(module: nn.Module, to_global: bool) -> nn.Module:
         module.add_module(name, _convert(child, to_global))
     if to_global and isinstance(module, _BatchNorm) and not isinstance(module, GlobalBatchNorm):
         converted: _BatchNorm = GlobalBatchNorm(
-            module.num_features, module.eps, module.momentum, module.affine, module.track_running_stats
+            module.num_features,
+            module.eps,
+            module.momentum,
+            module.affine,
+            module.track_running_stats,
         )
         converted.local_class = type(module)
     elif not to_global and isinstance(module, GlobalBatchNorm):
         converted = module.local_class(
-            module.num_features, module.eps, module.momentum, module.affine, module.track_running_stats
+            module.num_features,
+            module.eps,
+            module.momentum,
+            module.affine,
+            module.track_running_stats,
         )
     else:
         return module

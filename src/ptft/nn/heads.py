@@ -24,7 +24,9 @@ class ProjectionHead(nn.Sequential):
 class ImageDecoder(nn.Module):
     """Features ``(B, D)`` → images ``(B, C, H, W)`` in [0, 1] through an MLP."""
 
-    def __init__(self, in_dim: int, output_shape: Sequence[int], hidden_dims: Sequence[int] = (256,)) -> None:
+    def __init__(
+        self, in_dim: int, output_shape: Sequence[int], hidden_dims: Sequence[int] = (256,)
+    ) -> None:
         super().__init__()
         self.output_shape = tuple(output_shape)
         layers: list[nn.Module] = []

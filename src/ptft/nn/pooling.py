@@ -23,7 +23,8 @@ def resolve_pooling(pooling: str, causal: bool) -> str:
 
 
 def pool(features: Tensor, mask: Tensor, pooling: str) -> Tensor:
-    """``features (B, T, D)``, ``mask (B, T)`` bool (True = real token, right-padded) → ``(B, D)``."""
+    """``features (B, T, D)``, ``mask (B, T)`` bool (True = real token, right-padded) →
+    ``(B, D)``."""
     if pooling == "first":
         return features[:, 0]
     if pooling == "last":
@@ -33,4 +34,3 @@ def pool(features: Tensor, mask: Tensor, pooling: str) -> Tensor:
         weights = mask.to(features.dtype).unsqueeze(-1)
         return (features * weights).sum(1) / weights.sum(1).clamp(min=1)
     raise ValueError(f"pooling={pooling!r}; choose one of first, last, mean")
-

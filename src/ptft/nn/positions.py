@@ -21,7 +21,9 @@ def sinusoidal(num_positions: int, dim: int) -> Tensor:
     so it is simply left without one. Computed in float64, returned in float32.
     """
     if num_positions < 0 or dim < 1:
-        raise ValueError(f"sinusoidal needs num_positions >= 0 and dim >= 1, got {num_positions}, {dim}")
+        raise ValueError(
+            f"sinusoidal needs num_positions >= 0 and dim >= 1, got {num_positions}, {dim}"
+        )
     pos = torch.arange(num_positions, dtype=torch.float64)[:, None]
     two_i = torch.arange(0, dim, 2, dtype=torch.float64)  # the even column indices 2i
     angle = pos / 10000.0 ** (two_i / dim)  # (num_positions, ceil(dim / 2))
@@ -31,11 +33,15 @@ def sinusoidal(num_positions: int, dim: int) -> Tensor:
     return table.float()
 
 
-def rotary_tables(head_dim: int, max_positions: int, base: float = 10000.0) -> tuple[Tensor, Tensor]:
+def rotary_tables(
+    head_dim: int, max_positions: int, base: float = 10000.0
+) -> tuple[Tensor, Tensor]:
     """``cos`` and ``sin`` of the angles ``m·θ_i``, ``θ_i = base^(-2i/head_dim)``, each
     ``(max_positions, head_dim // 2)`` in float32 (computed in float64 for long contexts)."""
     if head_dim % 2:
-        raise ValueError(f"rotary positions rotate pairs of features: head_dim must be even, got {head_dim}")
+        raise ValueError(
+            f"rotary positions rotate pairs of features: head_dim must be even, got {head_dim}"
+        )
     theta = base ** (-torch.arange(0, head_dim, 2, dtype=torch.float64) / head_dim)
     angle = torch.arange(max_positions, dtype=torch.float64)[:, None] * theta
     return torch.cos(angle).float(), torch.sin(angle).float()

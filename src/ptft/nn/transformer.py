@@ -42,7 +42,13 @@ class Block(nn.Module):
     """Pre-LN block: ``x + attn(LN(x))``, then ``x + mlp(LN(x))``."""
 
     def __init__(
-        self, dim: int, num_heads: int, hidden_dim: int, dropout: float, causal: bool, rotary: Rotary | None
+        self,
+        dim: int,
+        num_heads: int,
+        hidden_dim: int,
+        dropout: float,
+        causal: bool,
+        rotary: Rotary | None,
     ) -> None:
         super().__init__()
         self.ln1 = nn.LayerNorm(dim)
@@ -82,29 +88,40 @@ class Transformer(Backbone):
         super().__init__()
         if len(input_shape) != 1 or not 1 <= input_shape[0] <= max_positions:
             raise ValueError(
-                f"transformer backbone needs token inputs of shape (T,) with 1 <= T <= max_positions="
-                f"{max_positions}, got input_shape={list(input_shape)} (the data's sequence length: shorten it)"
+                f"transformer backbone needs token inputs of shape (T,) with 1 <= T <= "
+                f"max_positions={max_positions}, got input_shape={list(input_shape)} "
+                "(the data's sequence length: shorten it)"
             )
         if positions not in POSITIONS:
             raise ValueError(f"positions={positions!r}; choose one of {', '.join(POSITIONS)}")
         if vocab_size < 1 or num_layers < 1 or num_heads < 1 or dim % num_heads:
             raise ValueError(
-                f"transformer needs vocab_size >= 1, num_layers >= 1 and dim divisible by num_heads; "
-                f"got vocab_size={vocab_size}, num_layers={num_layers}, dim={dim}, num_heads={num_heads}"
+                "transformer needs vocab_size >= 1, num_layers >= 1 and dim divisible by "
+                f"num_heads; got vocab_size={vocab_size}, num_layers={num_layers}, dim={dim}, "
+                f"num_heads={num_heads}"
             )
         if pad_token_id is not None and not 0 <= pad_token_id < vocab_size:
-            raise ValueError(f"pad_token_id={pad_token_id} is outside the vocabulary of {vocab_size}")
+            raise ValueError(
+                f"pad_token_id={pad_token_id} is outside the vocabulary of {vocab_size}"
+            )
         hidden_dim = int(mlp_ratio * dim)
         if hidden_dim < 1:
             raise ValueError(f"mlp_ratio={mlp_ratio} leaves no hidden units")
         self.input_shape = tuple(input_shape)
-        self.vocab_size, self.dim, self.num_layers, self.num_heads = vocab_size, dim, num_layers, num_heads
+        self.vocab_size, self.dim, self.num_layers, self.num_heads = (
+            vocab_size,
+            dim,
+            num_layers,
+            num_heads,
+        )
         self.hidden_dim, self.max_positions, self.positions = hidden_dim, max_positions, positions
         self.causal, self.pad_token_id = causal, pad_token_id
         self.out_dim = dim
 
         self.token_embedding = nn.Embedding(vocab_size, dim)
-        self.position_embedding = nn.Embedding(max_positions, dim) if positions == "learned" else None
+        self.position_embedding = (
+            nn.Embedding(max_positions, dim) if positions == "learned" else None
+        )
         if positions == "sinusoidal":
             # a pure function of the config: kept out of the state dict
             self.register_buffer("position_table", sinusoidal(max_positions, dim), persistent=False)
@@ -119,7 +136,8 @@ class Transformer(Backbone):
 
     def reset_parameters(self) -> None:
         """GPT-2 init: N(0, 0.02) weights, zero biases, and the projections that write into
-        the residual stream at std 0.02/sqrt(2L), so the stream's variance does not grow with depth."""
+        the residual stream at std 0.02/sqrt(2L), so the stream's variance does not grow with
+        depth."""
         for module in self.modules():
             if isinstance(module, (nn.Linear, nn.Embedding)):
                 nn.init.normal_(module.weight, mean=0.0, std=0.02)
@@ -146,7 +164,8 @@ class Transformer(Backbone):
         """
         if tokens.dim() != 2 or tokens.is_floating_point():
             raise ValueError(
-                f"transformer expects integer tokens of shape (B, T), got {tokens.dtype} {list(tokens.shape)}"
+                "transformer expects integer tokens of shape (B, T), "
+                f"got {tokens.dtype} {list(tokens.shape)}"
             )
         if kv_cache is not None and len(kv_cache) != self.num_layers:
             raise ValueError(f"kv_cache has {len(kv_cache)} entries for {self.num_layers} blocks")
@@ -158,7 +177,9 @@ class Transformer(Backbone):
             attention_mask = tokens != self.pad_token_id
         if attention_mask is not None:
             if attention_mask.is_floating_point():
-                raise ValueError("attention_mask must be bool (True = real token), not an additive float mask")
+                raise ValueError(
+                    "attention_mask must be bool (True = real token), not an additive float mask"
+                )
             attention_mask = attention_mask.bool()
 
         x = self.token_embedding(tokens)
@@ -190,7 +211,9 @@ class Transformer(Backbone):
         per_block = 2 * (2 * d) + (3 * d * d + 3 * d) + (d * d + d) + (d * f + f) + (f * d + d)
         n = self.num_layers * per_block + 2 * d  # blocks and the final LayerNorm
         if not non_embedding:
-            n += self.vocab_size * d + (self.max_positions * d if self.position_embedding is not None else 0)
+            n += self.vocab_size * d + (
+                self.max_positions * d if self.position_embedding is not None else 0
+            )
         return n
 
     def flops_per_token(self, seq_len: int) -> int:

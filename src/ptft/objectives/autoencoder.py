@@ -1,7 +1,7 @@
 """Autoencoder pretraining: encoder = backbone, an MLP decoder, MSE reconstruction.
 
 The representation is monitored on labelled images (``model.knn``, ``model.online_probe``;
-see :mod:`ptft.objectives.monitor`); the reconstruction loss never sees a label.
+see :mod:`ptft.monitors.features`); the reconstruction loss never sees a label.
 """
 
 from __future__ import annotations
@@ -12,10 +12,10 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from ptft.callbacks.images import image_grid, log_image
-from ptft.module import BackboneModule
+from ptft.modules.backbone_module import BackboneModule
+from ptft.monitors.features import FeatureMonitor, KNNConfig, MonitoredObjective, OnlineProbeConfig
+from ptft.monitors.images import image_grid, log_image
 from ptft.nn.heads import ImageDecoder
-from ptft.objectives.monitor import FeatureMonitor, MonitoredObjective
 
 
 class Autoencoder(MonitoredObjective, BackboneModule):
@@ -30,8 +30,8 @@ class Autoencoder(MonitoredObjective, BackboneModule):
         decoder_hidden_dims: Sequence[int] = (256,),
         num_logged_images: int = 32,
         num_classes: int | None = None,
-        knn: Mapping[str, Any] | None = None,
-        online_probe: Mapping[str, Any] | None = None,
+        knn: KNNConfig | None = None,
+        online_probe: OnlineProbeConfig | None = None,
     ) -> None:
         super().__init__(backbone, input_shape, optimizer, scheduler)
         self.save_hyperparameters()

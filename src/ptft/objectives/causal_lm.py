@@ -1,7 +1,8 @@
 """GPT-style causal language modelling: predict every next token of a block (Radford et al. 2019).
 
 Each validation also writes a few greedy continuations (up to ``<eos>``) to TensorBoard,
-decoded with the datamodule's tokenizer, so a run shows what the model has learnt, not only its perplexity.
+decoded with the datamodule's tokenizer, so a run shows what the model has learnt, not only its
+perplexity.
 """
 
 from __future__ import annotations
@@ -13,17 +14,13 @@ from tokenizers import Tokenizer
 from torch import Tensor
 
 from ptft.data.tokenizer import EOS_ID, load_tokenizer
-from ptft.generation import generate
-from ptft.objectives.language_model import LanguageModel
-
-
-def greedy_generate(model: LanguageModel, prompt: Sequence[int], num_tokens: int) -> list[int]:
-    """The ``num_tokens`` most likely next tokens after ``prompt`` (no stop id)."""
-    return generate(model, [list(prompt)], num_tokens)[0]
+from ptft.modules.language_model import LanguageModel
+from ptft.nn.decoding import generate
 
 
 class CausalLM(LanguageModel):
-    """Next-token cross-entropy on blocks ``x = item[:-1]``, ``y = item[1:]``; logs greedy samples."""
+    """Next-token cross-entropy on blocks ``x = item[:-1]``, ``y = item[1:]``; logs greedy
+    samples."""
 
     causal = True
 

@@ -1,4 +1,5 @@
-"""BERT-style masked language modelling with masks drawn per batch on the device (Devlin et al. 2019).
+"""BERT-style masked language modelling with masks drawn per batch on the device (Devlin et al.
+2019).
 
 Training draws new masks every batch from a generator seeded by ``mask_seed``, the epoch and the
 process rank (each epoch and process sees different masks, reproducibly). Validation and test
@@ -15,7 +16,7 @@ import torch
 from torch import Tensor
 
 from ptft.data.masking import mask_tokens
-from ptft.objectives.language_model import LanguageModel
+from ptft.modules.language_model import LanguageModel
 
 
 class MaskedLM(LanguageModel):
@@ -57,5 +58,7 @@ class MaskedLM(LanguageModel):
         if stage not in self.generators:
             self._reseed(stage, 0)
         tokens = batch[:, :-1]  # the datamodule serves block_size + 1 tokens for either objective
-        inputs, labels = mask_tokens(tokens, self.backbone.vocab_size, self.generators[stage], self.mask_prob)
+        inputs, labels = mask_tokens(
+            tokens, self.backbone.vocab_size, self.generators[stage], self.mask_prob
+        )
         return self(inputs), labels

@@ -5,7 +5,7 @@ projections are gathered from every process with gradients, so the negatives are
 whole global batch, exactly as with one process and the global batch size.
 
 The representation is monitored on labelled images (``model.knn``, ``model.online_probe``;
-see :mod:`ptft.objectives.monitor`); the contrastive loss never sees a label.
+see :mod:`ptft.monitors.features`); the contrastive loss never sees a label.
 """
 
 from __future__ import annotations
@@ -15,11 +15,11 @@ from typing import Any
 
 import torch
 
-from ptft.data.augment import Augment
-from ptft.module import BackboneModule
+from ptft.data.augment import Augment, AugmentConfig
+from ptft.modules.backbone_module import BackboneModule
+from ptft.monitors.features import FeatureMonitor, KNNConfig, MonitoredObjective, OnlineProbeConfig
 from ptft.nn.heads import ProjectionHead
 from ptft.objectives.losses import nt_xent
-from ptft.objectives.monitor import FeatureMonitor, MonitoredObjective
 
 
 class SimCLR(MonitoredObjective, BackboneModule):
@@ -34,15 +34,17 @@ class SimCLR(MonitoredObjective, BackboneModule):
         temperature: float = 0.2,
         projection_hidden_dim: int = 256,
         projection_dim: int = 64,
-        augment: Mapping[str, Any] | None = None,
+        augment: AugmentConfig | None = None,
         num_classes: int | None = None,
-        knn: Mapping[str, Any] | None = None,
-        online_probe: Mapping[str, Any] | None = None,
+        knn: KNNConfig | None = None,
+        online_probe: OnlineProbeConfig | None = None,
     ) -> None:
         super().__init__(backbone, input_shape, optimizer, scheduler)
         self.save_hyperparameters()
         self.temperature = temperature
-        self.projector = ProjectionHead(self.backbone.out_dim, projection_hidden_dim, projection_dim)
+        self.projector = ProjectionHead(
+            self.backbone.out_dim, projection_hidden_dim, projection_dim
+        )
         self.augment = Augment(**(augment or {}))
         self.feature_monitor = FeatureMonitor(self.backbone.out_dim, num_classes, knn, online_probe)
 
@@ -73,7 +75,9 @@ class SimCLR(MonitoredObjective, BackboneModule):
     def _eval_step(self, batch: Sequence[torch.Tensor], stage: str) -> None:
         x, y = batch
         _, z1, z2 = self.views(x)
-        self.log(f"{stage}/loss", self.contrastive_loss(z1, z2), prog_bar=stage == "val", sync_dist=True)
+        self.log(
+            f"{stage}/loss", self.contrastive_loss(z1, z2), prog_bar=stage == "val", sync_dist=True
+        )
         if self.feature_monitor.active:
             self.feature_monitor.observe(self.backbone(x), y, stage)
 

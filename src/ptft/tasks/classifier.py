@@ -3,26 +3,28 @@
 ``finetune="full"`` trains everything; ``finetune="linear_probe"`` freezes the backbone
 (weights and batch-norm statistics) and trains only the head; ``finetune="gradual_unfreeze"``
 (Howard & Ruder 2018) starts like the linear probe and unfreezes one backbone layer group
-per ``unfreeze_epochs`` epochs, from the top down (:mod:`ptft.callbacks.unfreeze`).
+per ``unfreeze_epochs`` epochs, from the top down, when an epoch starts
+(:func:`ptft.optim.unfreeze_top`).
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
 import torch.nn.functional as F
-from lightning.pytorch.callbacks import Callback
 from torch import nn
 from torchmetrics import MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
 
-from ptft.callbacks.unfreeze import GradualUnfreezing, frozen_groups
-from ptft.data.augment import Augment
+from ptft.data.augment import Augment, AugmentConfig
 from ptft.errors import ConfigError
-from ptft.module import BackboneModule
-from ptft.optim import layer_groups_of
+from ptft.modules.backbone_module import BackboneModule
+from ptft.optim import LRScalingConfig, frozen_groups, layer_groups_of, unfreeze_stage, unfreeze_top
+
+log = logging.getLogger(__name__)
 
 FINETUNE_MODES = ("full", "linear_probe", "gradual_unfreeze")
 
@@ -40,27 +42,33 @@ class Classifier(BackboneModule):
         optimizer: Mapping[str, Any],
         scheduler: Mapping[str, Any] | None = None,
         finetune: str = "full",
-        augment: Mapping[str, Any] | None = None,
+        augment: AugmentConfig | None = None,
         head_dropout: float = 0.0,
         label_smoothing: float = 0.0,
         unfreeze_epochs: int = 1,
         discriminative_lr: float | None = None,
-        lr_scaling: Mapping[str, Any] | None = None,
+        lr_scaling: LRScalingConfig | None = None,
     ) -> None:
         if finetune not in FINETUNE_MODES:
             raise ConfigError(f"model.finetune='{finetune}' is not one of {list(FINETUNE_MODES)}")
         if unfreeze_epochs < 1:
-            raise ConfigError(f"model.unfreeze_epochs={unfreeze_epochs}: give at least 1 epoch per stage")
+            raise ConfigError(
+                f"model.unfreeze_epochs={unfreeze_epochs}: give at least 1 epoch per stage"
+            )
         super().__init__(backbone, input_shape, optimizer, scheduler)
         self.save_hyperparameters()
         self.configure_lr(discriminative_lr, lr_scaling)
         self.finetune = finetune
         self.unfreeze_epochs = unfreeze_epochs
         self.label_smoothing = label_smoothing
-        self.head = nn.Sequential(nn.Dropout(head_dropout), nn.Linear(self.backbone.out_dim, num_classes))
+        self.head = nn.Sequential(
+            nn.Dropout(head_dropout), nn.Linear(self.backbone.out_dim, num_classes)
+        )
         self.augment = Augment(**augment) if augment is not None else None
         if finetune == "gradual_unfreeze":
-            layer_groups_of(self.backbone, "model.finetune=gradual_unfreeze")  # fail now, not at epoch 1
+            layer_groups_of(
+                self.backbone, "model.finetune=gradual_unfreeze"
+            )  # fail now, not at epoch 1
             # frozen parameters go into the optimizer from the start: without gradients
             # they are skipped, and unfreezing them later needs no new optimizer
             self.optimize_frozen = True
@@ -83,11 +91,30 @@ class Classifier(BackboneModule):
         """Whether the whole backbone stays frozen (the linear probe)."""
         return self.finetune == "linear_probe"
 
-    def configure_callbacks(self) -> list[Callback]:
-        # the model asks for its own schedule of unfreezing: no run config has to add it
-        if self.finetune == "gradual_unfreeze":
-            return [GradualUnfreezing(self.unfreeze_epochs)]
-        return []
+    def setup(self, stage: str) -> None:
+        # DDP only synchronises the parameters that are trainable when it wraps the model:
+        # groups unfrozen later would drift apart on every device without an error
+        if self.finetune == "gradual_unfreeze" and stage == "fit" and self.trainer.world_size > 1:
+            raise ConfigError(
+                "model.finetune=gradual_unfreeze trains on one device (DDP does not synchronise "
+                "parameters unfrozen during the run); set trainer.devices=1 and trainer.num_nodes=1"
+            )
+
+    def on_train_epoch_start(self) -> None:
+        # gradual unfreezing: at the start of epoch e the top e // unfreeze_epochs groups train
+        if self.finetune != "gradual_unfreeze":
+            return
+        groups = self.backbone.layer_groups()
+        epoch = self.trainer.current_epoch
+        count = min(unfreeze_stage(epoch, self.unfreeze_epochs), len(groups))
+        if self.trainer.is_global_zero and len(frozen_groups(groups)) != len(groups) - count:
+            log.info(
+                "gradual unfreezing: epoch %d trains the head and the top %d of %d layer groups",
+                epoch,
+                count,
+                len(groups),
+            )
+        unfreeze_top(groups, count, self.training)
 
     def train(self, mode: bool = True) -> Classifier:
         super().train(mode)
@@ -118,10 +145,17 @@ class Classifier(BackboneModule):
         self.log("train/acc", (logits.argmax(1) == y).float().mean())
         return loss
 
-    def _evaluate(self, batch: Sequence[torch.Tensor], stage: str, metrics: MetricCollection) -> torch.Tensor:
+    def _evaluate(
+        self, batch: Sequence[torch.Tensor], stage: str, metrics: MetricCollection
+    ) -> torch.Tensor:
         x, y = batch
         logits = self(x)
-        self.log(f"{stage}/loss", F.cross_entropy(logits.float(), y), prog_bar=stage == "val", sync_dist=True)
+        self.log(
+            f"{stage}/loss",
+            F.cross_entropy(logits.float(), y),
+            prog_bar=stage == "val",
+            sync_dist=True,
+        )
         metrics.update(logits, y)
         self.log_dict(metrics, prog_bar=stage == "val")
         return logits

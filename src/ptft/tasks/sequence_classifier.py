@@ -15,6 +15,7 @@ import torch
 from ptft.data.tokenizer import PAD_ID
 from ptft.errors import ConfigError
 from ptft.nn.pooling import pool, resolve_pooling
+from ptft.optim import LRScalingConfig
 from ptft.tasks.classifier import Classifier
 
 
@@ -34,16 +35,27 @@ class SequenceClassifier(Classifier):
         label_smoothing: float = 0.0,
         unfreeze_epochs: int = 1,
         discriminative_lr: float | None = None,
-        lr_scaling: Mapping[str, Any] | None = None,
+        lr_scaling: LRScalingConfig | None = None,
     ) -> None:
         super().__init__(
-            backbone, input_shape, num_classes, optimizer, scheduler, finetune, augment=None,
-            head_dropout=head_dropout, label_smoothing=label_smoothing, unfreeze_epochs=unfreeze_epochs,
-            discriminative_lr=discriminative_lr, lr_scaling=lr_scaling,
+            backbone,
+            input_shape,
+            num_classes,
+            optimizer,
+            scheduler,
+            finetune,
+            augment=None,
+            head_dropout=head_dropout,
+            label_smoothing=label_smoothing,
+            unfreeze_epochs=unfreeze_epochs,
+            discriminative_lr=discriminative_lr,
+            lr_scaling=lr_scaling,
         )
         self.save_hyperparameters()
         if not hasattr(self.backbone, "token_embedding"):
-            raise ConfigError("model=sequence_classifier needs a token backbone; use model/backbone=transformer")
+            raise ConfigError(
+                "model=sequence_classifier needs a token backbone; use model/backbone=transformer"
+            )
         try:
             self.pooling = resolve_pooling(pooling, causal=bool(self.backbone.causal))
         except ValueError as err:

@@ -18,12 +18,13 @@ from torchmetrics import MeanMetric
 
 from ptft.data.masking import IGNORE_INDEX
 from ptft.data.tokenizer import EOS_ID, SEP_ID
-from ptft.generation import generate
-from ptft.objectives.language_model import LanguageModel
+from ptft.modules.language_model import LanguageModel
+from ptft.nn.decoding import generate
 
 
 def split_pairs(tokens: Tensor, labels: Tensor) -> tuple[list[list[int]], list[list[int]]]:
-    """Prompts (everything up to and including ``<sep>``) and targets (with ``<eos>``) of a batch."""
+    """Prompts (everything up to and including ``<sep>``) and targets (with ``<eos>``) of a
+    batch."""
     prompts, targets = [], []
     for row, row_labels in zip(tokens.tolist(), labels.tolist(), strict=True):
         scored = [i for i, y in enumerate(row_labels) if y != IGNORE_INDEX]
@@ -70,7 +71,9 @@ class SequenceGenerator(LanguageModel):
     def _eval_step(self, batch: Sequence[Tensor], stage: str) -> None:
         super()._eval_step(batch, stage)
         prompts, targets = split_pairs(*batch)
-        decoded = generate(self, prompts, self.max_new_tokens, temperature=0.0, stop_ids=self.stop_ids)
+        decoded = generate(
+            self, prompts, self.max_new_tokens, temperature=0.0, stop_ids=self.stop_ids
+        )
         hits = torch.tensor([float(d == t) for d, t in zip(decoded, targets, strict=True)])
         self.exact_match[stage].update(hits)
 

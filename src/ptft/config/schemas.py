@@ -1,0 +1,175 @@
+"""Run-level schemas: typed dataclasses that Hydra merges under ``train.yaml``, ``eval.yaml``,
+``generate.yaml``, ``pipeline.yaml`` and the ``trainer`` and ``paths`` groups.
+
+A misspelled run setting or a value of the wrong type there fails while the config is
+composed, naming the key, before torch is imported. What a ``_target_`` node takes (model,
+backbone, optimizer, scheduler, data, callbacks, loggers) is said by the code it names, not
+here: those nodes are open (:func:`open_node`), and :mod:`ptft.config.validate` checks them
+against the constructor's signature before anything is built. ``register()`` puts these
+schemas in Hydra's ConfigStore; the entry points call it before composing.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any  # noqa: UP035 -- OmegaConf needs typing.Optional on 3.10
+
+from omegaconf import MISSING, DictConfig, OmegaConf
+
+# ruff: noqa: UP007 -- OmegaConf reads these annotations at runtime
+
+
+def open_node() -> DictConfig:
+    """An empty node that takes any key (not struct): what a ``_target_`` node accepts is
+    checked against the code it names (:mod:`ptft.config.validate`), so ``model.x=1`` needs
+    no ``+`` for a key the yaml leaves to the constructor's default. The flag survives
+    Hydra's merge of the yaml files into it."""
+    node = OmegaConf.create({})
+    OmegaConf.set_struct(node, False)
+    return node
+
+
+# ------------------------------------------------------------------------ trainer
+@dataclass
+class TrainerConfig:
+    """The ``lightning.Trainer`` arguments ptft configs use; others can be added with
+    ``+trainer.x=``."""
+
+    _target_: str = "lightning.pytorch.Trainer"
+    default_root_dir: str | None = None
+    accelerator: str = "auto"
+    devices: Any = "auto"
+    num_nodes: int = 1
+    strategy: Any = "auto"
+    precision: Any = "32-true"
+    min_epochs: int | None = None
+    max_epochs: int | None = None
+    max_steps: int = -1
+    max_time: str | None = None
+    val_check_interval: Any = None
+    check_val_every_n_epoch: int | None = 1
+    log_every_n_steps: int | None = None
+    accumulate_grad_batches: int = 1
+    gradient_clip_val: float | None = None
+    deterministic: Any = None
+    benchmark: bool | None = None
+    fast_dev_run: Any = False
+    overfit_batches: Any = 0.0
+    limit_train_batches: Any = None
+    limit_val_batches: Any = None
+    limit_test_batches: Any = None
+    num_sanity_val_steps: int | None = None
+    profiler: str | None = None
+    enable_progress_bar: bool | None = None
+    enable_model_summary: bool | None = None
+    enable_checkpointing: bool | None = None
+    sync_batchnorm: bool = False
+    detect_anomaly: bool = False
+
+
+# -------------------------------------------------------------------------- runs
+@dataclass
+class PathsConfig:
+    root_dir: str = MISSING
+    data_dir: str = MISSING
+    log_dir: str = MISSING
+    output_dir: str = MISSING
+
+
+@dataclass
+class TrainConfig:
+    """``train.yaml``: what ``ptft-train`` runs; returns ``optimized_metric`` to sweepers."""
+
+    task_name: str = "train"
+    seed: int = 42
+    train: bool = True
+    test: bool = True
+    ckpt_path: str | None = None
+    optimized_metric: str | None = None
+    data: Any = field(default_factory=open_node)
+    model: Any = field(default_factory=open_node)
+    trainer: Any = MISSING
+    logger: Any = field(default_factory=open_node)
+    callbacks: Any = field(default_factory=open_node)
+    paths: PathsConfig = field(default_factory=PathsConfig)
+
+
+@dataclass
+class EvalConfig:
+    """``eval.yaml``: ``ptft-eval ckpt_path=…`` tests a checkpoint and writes ``metrics.json``."""
+
+    task_name: str = "eval"
+    seed: int = 42
+    ckpt_path: str = MISSING
+    # a data config to test on instead of the checkpoint's (empty: the checkpoint's)
+    data: Any = field(default_factory=open_node)
+    trainer: Any = MISSING
+    logger: Any = field(default_factory=open_node)
+    paths: PathsConfig = field(default_factory=PathsConfig)
+
+
+@dataclass
+class GenerateConfig:
+    """``generate.yaml``: ``ptft-generate ckpt_path=… prompt=…`` continues text with a causal LM."""
+
+    task_name: str = "generate"
+    ckpt_path: str = MISSING
+    prompt: str | None = None
+    prompts: list[str] = field(default_factory=list)
+    max_new_tokens: int = 64
+    temperature: float = 0.0
+    top_k: int | None = None
+    top_p: float | None = None
+    num_samples: int = 1
+    seed: int = 42
+    device: str = "cpu"
+    paths: PathsConfig = field(default_factory=PathsConfig)
+
+
+@dataclass
+class PipelineStage:
+    overrides: list[str] = field(default_factory=list)
+
+
+@dataclass
+class StudyTask:
+    """One fine-tuning task of the study (``tasks.<name>``): a ``ptft-train`` config given as
+    overrides, run with every method at every label fraction and seed."""
+
+    overrides: list[str] = field(default_factory=list)
+    # scratch | linear_probe | finetune | svc (images only)
+    methods: list[str] = field(default_factory=lambda: ["scratch", "linear_probe", "finetune"])
+    # extra overrides per method; how a method freezes or steps is the task's business
+    method_overrides: dict[str, list[str]] = field(default_factory=dict)
+    label_fractions: list[float] = field(default_factory=lambda: [1.0])
+    # logged metrics to report; the first is the headline (table and plot)
+    metrics: list[str] = field(default_factory=lambda: ["test/acc"])
+    seeds: int = 1
+    # fractions up to small_fraction get small_fraction_seeds seeds (null: as many as seeds)
+    small_fraction: float = 0.0
+    small_fraction_seeds: int | None = None
+
+
+@dataclass
+class PipelineConfig:
+    """``pipeline.yaml``: pretrain once, then fine-tune every task per label fraction, method
+    and seed."""
+
+    task_name: str = "pipeline"
+    pretrained: str | None = None
+    pretrain: PipelineStage = field(default_factory=PipelineStage)
+    tasks: dict[str, StudyTask] = field(default_factory=dict)
+    svc: dict[str, Any] = field(default_factory=lambda: {"C": 10.0, "gamma": "scale"})
+    paths: PathsConfig = field(default_factory=PathsConfig)
+
+
+SCHEMAS: dict[str, dict[str, type]] = {
+    "schema": {
+        "train": TrainConfig,
+        "eval": EvalConfig,
+        "pipeline": PipelineConfig,
+        "generate": GenerateConfig,
+    },
+    "schema/trainer": {"trainer": TrainerConfig},
+    "schema/paths": {"paths": PathsConfig},
+}

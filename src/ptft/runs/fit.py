@@ -1,0 +1,92 @@
+"""Fit and test one run: seed, handoff, data, model and Trainer from the config, then
+``trainer.fit`` and ``trainer.test`` of the best checkpoint.
+
+Shared by ``ptft-train`` (one run per process) and ``ptft-pipeline`` (many runs in one process).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import lightning as L
+import torch
+from omegaconf import DictConfig
+
+from ptft.callbacks.final_checkpoint import FinalCheckpoint
+from ptft.callbacks.finite_loss import FiniteLoss
+from ptft.callbacks.process_group import ProcessGroupCleanup
+from ptft.callbacks.run_record import RunRecord
+from ptft.config.validate import validate
+from ptft.errors import ConfigError
+from ptft.handoff import read_pretrained, with_tokenizer
+from ptft.modules.backbone_module import BackboneModule
+from ptft.runs.build import build_datamodule, build_model, build_trainer, plain
+from ptft.runs.distributed import distributed_job
+
+log = logging.getLogger(__name__)
+
+
+def metrics_of(trainer: L.Trainer) -> dict[str, float]:
+    return {
+        k: float(v) for k, v in trainer.callback_metrics.items() if torch.as_tensor(v).numel() == 1
+    }
+
+
+def train(cfg: DictConfig) -> dict[str, float]:
+    """Fit and/or test as the config says; returns the final val/test metrics. The config's
+    ``_target_`` nodes are checked against the code first (:mod:`ptft.config.validate`): in a
+    multirun, a job with a bad value fails at once and the sweep goes on."""
+    validate(cfg)
+    if cfg.get("seed") is not None:
+        L.seed_everything(cfg.seed, workers=True, verbose=False)
+    if cfg.get("ckpt_path") and not Path(cfg.ckpt_path).is_file():
+        raise ConfigError(
+            f"ckpt_path={cfg.ckpt_path}: no such checkpoint file; pass the .ckpt to resume from"
+        )
+    model_cfg, data_cfg = plain(cfg.model), plain(cfg.data)
+    output_dir = Path(cfg.paths.output_dir)
+    pretrained = read_pretrained(model_cfg["pretrained"]) if model_cfg.get("pretrained") else None
+    if pretrained is not None and pretrained.tokenizer is not None:
+        # fine-tuning reads text exactly as the backbone was pretrained on it
+        data_cfg = with_tokenizer(
+            data_cfg, pretrained.tokenizer, output_dir, f"model.pretrained={pretrained.path}"
+        )
+    model = build_model(model_cfg, pretrained)
+    datamodule = build_datamodule(data_cfg, model.supervised, model.train_labels)
+    record = {
+        "data": data_cfg,
+        "model": model_cfg,
+        "seed": cfg.get("seed"),
+        "task_name": cfg.get("task_name"),
+    }
+    with distributed_job() as job:
+        callbacks = [
+            RunRecord(record, output_dir),
+            FinalCheckpoint(),
+            ProcessGroupCleanup(),
+            FiniteLoss(),
+        ]
+        trainer = build_trainer(cfg, callbacks)
+        job.append(trainer)
+        return fit_and_test(cfg, trainer, model, datamodule)
+
+
+def fit_and_test(
+    cfg: DictConfig, trainer: L.Trainer, model: BackboneModule, datamodule: L.LightningDataModule
+) -> dict[str, float]:
+    """``trainer.fit`` then ``trainer.test`` of the best checkpoint, as
+    ``cfg.train``/``cfg.test`` say."""
+    metrics: dict[str, float] = {}
+    if cfg.get("train", True):
+        trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+        metrics.update(metrics_of(trainer))
+    if cfg.get("test", True):
+        best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+        if cfg.get("train", True) and not best:
+            log.info("no best checkpoint was saved: testing the final weights")
+        trainer.test(model, datamodule=datamodule, ckpt_path=best or None, verbose=False)
+        metrics.update({k: v for k, v in metrics_of(trainer).items() if k.startswith("test/")})
+    if trainer.is_global_zero:
+        log.info("final metrics: %s", ", ".join(f"{k}={v:.4g}" for k, v in sorted(metrics.items())))
+    return metrics

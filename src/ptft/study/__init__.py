@@ -1,0 +1,2 @@
+"""The pipeline study: pretrain once, fine-tune every task by method, label fraction and seed;
+its tables and plot."""

@@ -1,0 +1,258 @@
+"""The study's report: results.csv (one row a run), results.md, a plot, and TensorBoard.
+
+Every task has its own methods and metrics; the first metric of a task is its headline,
+the one the main table and the plot show.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import math
+from collections import defaultdict
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+#: metric names (after ``stage/``) that are rates in [0, 1], shown in %
+RATES = ("acc", "f1", "exact_match")
+#: metric names (after ``stage/``) where lower is better
+LOWER_IS_BETTER = ("loss", "ppl")
+#: methods that start from the pretraining checkpoint (the study's return value is theirs)
+PRETRAINED_METHODS = ("linear_probe", "finetune", "gradual_unfreeze", "discriminative_lr")
+
+
+@dataclass
+class Result:
+    """One run of the study: a task, at a label fraction, with a method and a seed."""
+
+    task: str
+    label_fraction: float
+    method: str
+    seed: int
+    metrics: dict[str, float]
+    seconds: float
+
+
+@dataclass(frozen=True)
+class TaskColumns:
+    """What the report shows of a task: its methods (table columns, in order) and its metrics
+    (the first is the headline)."""
+
+    methods: list[str]
+    metrics: list[str] = field(default_factory=lambda: ["test/acc"])
+
+    @property
+    def headline(self) -> str:
+        return self.metrics[0]
+
+
+def is_rate(metric: str) -> bool:
+    """Whether a metric is a rate in [0, 1] (acc, f1, exact_match, token_acc …), shown in %."""
+    name = metric.rsplit("/", 1)[-1]
+    return name in RATES or name.endswith("_acc")
+
+
+def higher_is_better(metric: str) -> bool:
+    return metric.rsplit("/", 1)[-1] not in LOWER_IS_BETTER
+
+
+def label(metric: str) -> str:
+    return f"{metric} (%)" if is_rate(metric) else metric
+
+
+def fmt(value: float, metric: str) -> str:
+    return f"{100 * value:.1f}" if is_rate(metric) else f"{value:.2f}"
+
+
+def summarize(
+    results: list[Result], metric: str
+) -> dict[tuple[str, float, str], tuple[float, float, int]]:
+    """``(task, fraction, method) → (mean, std, n)`` of ``metric`` over seeds (runs without it
+    are left out)."""
+    groups: dict[tuple[str, float, str], list[float]] = defaultdict(list)
+    for r in results:
+        if metric in r.metrics:
+            groups[(r.task, r.label_fraction, r.method)].append(r.metrics[metric])
+    return {k: (float(np.mean(v)), float(np.std(v)), len(v)) for k, v in groups.items()}
+
+
+def fractions_of(results: list[Result], task: str) -> list[float]:
+    return sorted({r.label_fraction for r in results if r.task == task})
+
+
+def headline_table(results: list[Result], task: str, columns: TaskColumns) -> str:
+    """Fraction × method: mean ± std (n) of the task's headline metric."""
+    metric = columns.headline
+    summary = summarize(results, metric)
+    lines = [
+        "| label fraction | " + " | ".join(columns.methods) + " |",
+        "| ---: | " + " | ".join("---:" for _ in columns.methods) + " |",
+    ]
+    for f in fractions_of(results, task):
+        cells = []
+        for m in columns.methods:
+            mean, std, n = summary.get((task, f, m), (math.nan, math.nan, 0))
+            cells.append(f"{fmt(mean, metric)} ± {fmt(std, metric)} (n={n})" if n else "–")
+        lines.append(f"| {f:g} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def metrics_table(results: list[Result], task: str, columns: TaskColumns) -> str:
+    """Fraction × method rows, one column per metric of the task: the mean over seeds."""
+    summaries = {metric: summarize(results, metric) for metric in columns.metrics}
+    lines = [
+        "| label fraction | method | " + " | ".join(label(m) for m in columns.metrics) + " |",
+        "| ---: | :--- | " + " | ".join("---:" for _ in columns.metrics) + " |",
+    ]
+    for f in fractions_of(results, task):
+        for method in columns.methods:
+            if not any((task, f, method) in s for s in summaries.values()):
+                continue
+            cells = [
+                fmt(summaries[m][(task, f, method)][0], m)
+                if (task, f, method) in summaries[m]
+                else "–"
+                for m in columns.metrics
+            ]
+            lines.append(f"| {f:g} | {method} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def markdown_report(results: list[Result], tasks: Mapping[str, TaskColumns]) -> str:
+    """results.md: per task, the headline table and the table of all its metrics."""
+    parts = ["# Label efficiency"]
+    for task, columns in tasks.items():
+        parts += [
+            f"## {task}",
+            f"{label(columns.headline)} on the test split, mean ± std over seeds (n runs):",
+            headline_table(results, task, columns),
+            "Every metric, mean over seeds:",
+            metrics_table(results, task, columns),
+        ]
+    return "\n\n".join(parts) + "\n"
+
+
+def write_csv(results: list[Result], tasks: Mapping[str, TaskColumns], path: Path) -> None:
+    """One row a run, one column a metric (of any task: other tasks' columns stay empty)."""
+    metrics = list(
+        dict.fromkeys(
+            [m for c in tasks.values() for m in c.metrics] + [m for r in results for m in r.metrics]
+        )
+    )
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(
+            f, fieldnames=["task", "label_fraction", "method", "seed", *metrics, "seconds"]
+        )
+        writer.writeheader()
+        for r in results:
+            writer.writerow(
+                {
+                    "task": r.task,
+                    "label_fraction": r.label_fraction,
+                    "method": r.method,
+                    "seed": r.seed,
+                    **r.metrics,
+                    "seconds": r.seconds,
+                }
+            )
+
+
+def plot(results: list[Result], tasks: Mapping[str, TaskColumns], path: Path) -> Any:
+    """One panel per task: its headline metric against the label fraction (log scale), or a
+    bar per method when the task has a single fraction."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(tasks), figsize=(5.5 * len(tasks), 4), squeeze=False)
+    # a method keeps its colour in every panel
+    methods = list(dict.fromkeys(m for c in tasks.values() for m in c.methods))
+    colour = {m: f"C{i}" for i, m in enumerate(methods)}
+    for ax, (task, columns) in zip(axes[0], tasks.items(), strict=True):
+        metric = columns.headline
+        scale = 100 if is_rate(metric) else 1
+        summary = summarize(results, metric)
+        fractions = fractions_of(results, task)
+        if len(fractions) > 1:
+            for m in columns.methods:
+                points = [
+                    (f, *summary[(task, f, m)][:2]) for f in fractions if (task, f, m) in summary
+                ]
+                if points:
+                    x, mean, std = map(np.array, zip(*points, strict=True))
+                    ax.errorbar(
+                        x,
+                        scale * mean,
+                        yerr=scale * std,
+                        marker="o",
+                        capsize=3,
+                        label=m,
+                        color=colour[m],
+                    )
+            ax.set_xscale("log")
+            ax.set_xlabel("fraction of labelled training data")
+            ax.legend()
+        else:
+            bars = [
+                (m, *summary[(task, f, m)][:2])
+                for f in fractions
+                for m in columns.methods
+                if (task, f, m) in summary
+            ]
+            if bars:
+                names, mean, std = zip(*bars, strict=True)
+                ax.bar(
+                    names,
+                    scale * np.array(mean),
+                    yerr=scale * np.array(std),
+                    capsize=3,
+                    color=[colour[n] for n in names],
+                )
+            ax.set_xlabel(f"method (label fraction {fractions[0]:g})" if fractions else "method")
+        ax.set_ylabel(label(metric))
+        ax.set_title(task)
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    return fig
+
+
+def study_score(results: list[Result], tasks: Mapping[str, TaskColumns]) -> float:
+    """For sweepers: the first task's headline metric of the best pretrained method at its
+    smallest label fraction (NaN when no pretrained method ran)."""
+    task, columns = next(iter(tasks.items()))
+    fractions = fractions_of(results, task)
+    if not fractions:
+        return math.nan
+    summary = summarize(results, columns.headline)
+    means = [
+        summary[(task, fractions[0], m)][0]
+        for m in PRETRAINED_METHODS
+        if (task, fractions[0], m) in summary
+    ]
+    if not means:
+        return math.nan
+    return max(means) if higher_is_better(columns.headline) else min(means)
+
+
+def write_report(results: list[Result], out: Path, tasks: Mapping[str, TaskColumns]) -> float:
+    """Write results.csv, results.md, label_efficiency.png and TensorBoard; return
+    :func:`study_score`."""
+    write_csv(results, tasks, out / "results.csv")
+    report = markdown_report(results, tasks)
+    (out / "results.md").write_text(report)
+    fig = plot(results, tasks, out / "label_efficiency.png")
+    from torch.utils.tensorboard import SummaryWriter
+
+    with SummaryWriter(str(out / "tensorboard")) as writer:
+        writer.add_text("pipeline/results", report)
+        writer.add_figure("pipeline/label_efficiency", fig)
+    log.info("results:\n%s", report)
+    return study_score(results, tasks)

@@ -1,0 +1,399 @@
+"""ptft-pipeline: the vision and text studies end to end on a tiny budget, the checks made
+before pretraining, and the report's numbers against an independent computation."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from sklearn.metrics import f1_score
+from sklearn.svm import SVC
+
+from ptft.cli import config_dir
+from ptft.data.digits import DigitsDataModule
+from ptft.errors import ConfigError
+from ptft.study.report import Result, TaskColumns, markdown_report, study_score, write_csv
+from ptft.study.runner import check
+from tests.helpers import run_cli
+
+#: quiet pretraining runs: the study's own fine-tuning runs are quiet already
+QUIET_PRETRAIN = [
+    "callbacks.rich_progress_bar=null",
+    "callbacks.rich_model_summary=null",
+    "trainer.enable_progress_bar=false",
+    "trainer.enable_model_summary=false",
+]
+
+
+def hydra_list(items: list[str]) -> str:
+    """A list of strings as a Hydra override value (each quoted: they hold ``=``)."""
+    return "[" + ",".join(json.dumps(item) for item in items) + "]"
+
+
+def csv_rows(run: Path) -> list[dict[str, str]]:
+    with open(run / "results.csv") as f:
+        return list(csv.DictReader(f))
+
+
+# ------------------------------------------------------------------- vision study
+@pytest.fixture(scope="module")
+def pipeline_run(tmp_path_factory):
+    cwd = tmp_path_factory.mktemp("pipeline")
+    result = run_cli(
+        [
+            "ptft.pipeline",
+            "tasks.digits.label_fractions=[0.02,0.1]",
+            "tasks.digits.seeds=1",
+            "tasks.digits.small_fraction=0.05",
+            "tasks.digits.small_fraction_seeds=2",
+            "pretrain.overrides="
+            + hydra_list(
+                [
+                    "experiment=digits_simclr",
+                    "trainer.max_epochs=1",
+                    "trainer.check_val_every_n_epoch=1",
+                    *QUIET_PRETRAIN,
+                ]
+            ),
+            "tasks.digits.overrides="
+            + hydra_list(
+                [
+                    "experiment=digits_classifier",
+                    "trainer.max_steps=6",
+                    "trainer.val_check_interval=3",
+                ]
+            ),
+            "hydra.run.dir=run",
+        ],
+        cwd=cwd,
+    )
+    assert result.returncode == 0, result.stderr[-4000:]
+    return cwd / "run"
+
+
+def test_results_csv_has_one_row_per_fraction_method_and_seed(pipeline_run):
+    rows = csv_rows(pipeline_run)
+    assert {"task", "label_fraction", "method", "seed", "test/acc", "test/f1", "seconds"} <= set(
+        rows[0]
+    )
+    keys = sorted(
+        (r["task"], float(r["label_fraction"]), r["method"], int(r["seed"])) for r in rows
+    )
+    methods = [
+        "discriminative_lr",
+        "finetune",
+        "gradual_unfreeze",
+        "linear_probe",
+        "scratch",
+        "svc",
+    ]
+    expected = sorted(
+        [("digits", 0.02, m, s) for m in methods for s in (0, 1)]
+        + [("digits", 0.1, m, 0) for m in methods]
+    )
+    assert keys == expected
+    assert all(0.0 <= float(r["test/acc"]) <= 1.0 for r in rows)
+
+
+def test_svc_baseline_uses_the_same_labelled_subsets(pipeline_run):
+    rows = [r for r in csv_rows(pipeline_run) if r["method"] == "svc"]
+    for r in rows:
+        dm = DigitsDataModule(label_fraction=float(r["label_fraction"]), subset_seed=int(r["seed"]))
+        dm.setup("fit")
+        (x, y), (xt, yt) = dm.splits["train"], dm.splits["test"]
+        svc = SVC(C=10.0, gamma="scale")  # the pipeline's default baseline
+        predicted = svc.fit(x.flatten(1), y).predict(xt.flatten(1))
+        assert float(r["test/acc"]) == pytest.approx(np.mean(predicted == yt.numpy()), abs=1e-9)
+        assert float(r["test/f1"]) == pytest.approx(
+            f1_score(yt, predicted, average="macro"), abs=1e-9
+        )
+
+
+def test_markdown_table_plot_and_tensorboard(pipeline_run):
+    rows = csv_rows(pipeline_run)
+    table = (pipeline_run / "results.md").read_text()
+    assert (
+        "| label fraction | scratch | linear_probe | finetune | gradual_unfreeze "
+        "| discriminative_lr | svc |" in table
+    )
+    accs = [
+        float(r["test/acc"])
+        for r in rows
+        if r["method"] == "scratch" and r["label_fraction"] == "0.02"
+    ]
+    assert f"{100 * np.mean(accs):.1f} ± {100 * np.std(accs):.1f} (n=2)" in table
+    assert (pipeline_run / "label_efficiency.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (pipeline_run / "pretrain" / "checkpoints" / "last.ckpt").is_file()
+    events = list(pipeline_run.rglob("events.out.tfevents.*"))
+    # the pretraining, every fine-tuning run, and the summary all log under the one run directory
+    assert len({e.parent for e in events}) >= 1 + 15 + 1
+    # fine-tuning runs inside the study write no checkpoints
+    assert not list((pipeline_run / "finetune").rglob("*.ckpt"))
+
+
+# --------------------------------------------------------------------- text study
+TEXT_TASKS = {
+    "package": (
+        ["scratch", "linear_probe", "finetune", "gradual_unfreeze", "discriminative_lr"],
+        [0.1, 0.3, 1.0],
+    ),
+    "names": (["scratch", "finetune"], [1.0]),
+}
+
+
+@pytest.fixture(scope="module")
+def text_run(tmp_path_factory):
+    """``pipeline=text`` with a tiny GPT, a 512-token vocabulary and a few steps per run."""
+    cwd = tmp_path_factory.mktemp("pipeline_text")
+    tiny = [
+        f"data.cache_dir={cwd / 'pydoc'}",
+        "data.vocab_size=512",
+        "data.batch_size=16",
+        "data.eval_batch_size=128",
+        "model.backbone.dim=32",
+        "model.backbone.num_layers=1",
+        "model.backbone.num_heads=2",
+        "model.backbone.max_positions=64",
+        "trainer.max_steps=4",
+        "trainer.val_check_interval=2",
+        "trainer.limit_val_batches=1",
+        "trainer.limit_test_batches=2",
+        "logger=none",
+    ]
+    result = run_cli(
+        [
+            "ptft.pipeline",
+            "pipeline=text",
+            "pretrain.overrides="
+            + hydra_list(
+                [
+                    "experiment=pydoc_gpt",
+                    *tiny,
+                    "data.block_size=32",
+                    "trainer.max_epochs=1",
+                    *QUIET_PRETRAIN,
+                ]
+            ),
+            "tasks.package.overrides="
+            + hydra_list(["experiment=pydoc_package_classifier", *tiny, "data.max_length=32"]),
+            "tasks.names.overrides="
+            + hydra_list(
+                [
+                    "experiment=pydoc_name_generator",
+                    *tiny,
+                    "data.max_length=32",
+                    "model.max_new_tokens=4",
+                ]
+            ),
+            "hydra.run.dir=run",
+        ],
+        cwd=cwd,
+        env={"OMP_NUM_THREADS": "1"},
+    )
+    assert result.returncode == 0, result.stderr[-4000:]
+    return cwd / "run"
+
+
+def test_text_study_runs_every_task_fraction_method_and_seed(text_run):
+    rows = csv_rows(text_run)
+    keys = sorted(
+        (r["task"], float(r["label_fraction"]), r["method"], int(r["seed"])) for r in rows
+    )
+    expected = sorted(
+        (t, f, m, 0)
+        for t, (methods, fractions) in TEXT_TASKS.items()
+        for f in fractions
+        for m in methods
+    )
+    assert keys == expected
+    for r in rows:
+        if r["task"] == "package":
+            assert 0.0 <= float(r["test/acc"]) <= 1.0 and 0.0 <= float(r["test/f1"]) <= 1.0
+            assert r["test/exact_match"] == r["test/ppl"] == ""  # the other task's columns
+        else:
+            assert (
+                0.0 <= float(r["test/exact_match"]) <= 1.0
+                and 0.0 <= float(r["test/token_acc"]) <= 1.0
+            )
+            assert float(r["test/ppl"]) >= 1.0
+            assert r["test/acc"] == r["test/f1"] == ""
+
+
+def test_text_fine_tunes_start_from_the_pretraining_checkpoint(text_run):
+    ckpt = text_run / "pretrain" / "checkpoints" / "last.ckpt"
+    assert ckpt.is_file()
+    tokenizer = json.loads((text_run / "pretrain" / "tokenizer.json").read_text())
+    for task, method in [
+        ("names", "finetune"),
+        ("package", "linear_probe"),
+        ("package", "finetune"),
+    ]:
+        fraction = TEXT_TASKS[task][1][-1]
+        run = text_run / "finetune" / task / f"fraction_{fraction}" / method / "seed_0"
+        saved = yaml.safe_load((run / "config.yaml").read_text())
+        assert Path(saved["model"]["pretrained"]).resolve() == ckpt.resolve()
+        assert json.loads((run / "tokenizer.json").read_text()) == tokenizer
+    scratch = text_run / "finetune" / "names" / "fraction_1.0" / "scratch" / "seed_0"
+    assert yaml.safe_load((scratch / "config.yaml").read_text())["model"]["pretrained"] is None
+    assert not list((text_run / "finetune").rglob("*.ckpt"))
+
+
+def test_text_report_has_a_table_per_task(text_run):
+    report = (text_run / "results.md").read_text()
+    assert "## package" in report and "## names" in report
+    assert "| label fraction | scratch | linear_probe | finetune |" in report
+    assert "| label fraction | scratch | finetune |" in report
+    assert (
+        "| label fraction | method | test/exact_match (%) | test/token_acc (%) | test/ppl |"
+        in report
+    )
+    assert (text_run / "label_efficiency.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+# -------------------------------------------------------- checks before pretraining
+def check_study(overrides: list[str]) -> None:
+    """Compose ``pipeline.yaml`` as ptft-pipeline would and run the study's up-front checks."""
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
+        check(compose(config_name="pipeline", overrides=overrides))
+
+
+@pytest.mark.parametrize("study", ["vision", "text"])
+def test_every_study_composes_for_every_method(study):
+    check_study([f"pipeline={study}"])
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["tasks.digits.methods=[scratch,lora]"], "tasks.digits.methods: ['lora'] are not known"),
+        (["pipeline=text", "tasks.package.methods=[scratch,svc]"], "svc fits raw pixels"),
+        (["tasks.digits.label_fractions=[0.0]"], "tasks.digits.label_fractions"),
+        (
+            ["pipeline=text", '+tasks.names.method_overrides.finetune=["model.finetune=full"]'],
+            "tasks.names",
+        ),
+    ],
+)
+def test_a_bad_study_is_refused_in_one_line(overrides, message):
+    with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace("]", r"\]")) as err:
+        check_study(overrides)
+    assert "\n" not in str(err.value)
+
+
+# ------------------------------------------------------------------------- report
+METHODS = ["scratch", "linear_probe", "finetune"]
+COLUMNS = {
+    "cls": TaskColumns(METHODS, ["test/acc", "test/f1"]),
+    "gen": TaskColumns(METHODS, ["test/ppl", "test/exact_match"]),
+}
+HEADER = "| label fraction | scratch | linear_probe | finetune |"
+
+
+def made_up_results() -> list[Result]:
+    """Two tasks: a classifier at two fractions (3 and 2 seeds) and a generator at one."""
+    rng = np.random.default_rng(0)
+    results = []
+    for fraction, seeds in [(0.1, 3), (1.0, 2)]:
+        for seed in range(seeds):
+            for method in METHODS:
+                acc, f1 = rng.uniform(0, 1, 2)
+                results.append(
+                    Result("cls", fraction, method, seed, {"test/acc": acc, "test/f1": f1}, 1.0)
+                )
+    for seed in range(3):
+        for method in METHODS:
+            ppl, em = rng.uniform(1, 500), rng.uniform(0, 1)
+            results.append(
+                Result("gen", 1.0, method, seed, {"test/ppl": ppl, "test/exact_match": em}, 1.0)
+            )
+    return results
+
+
+def values(
+    results: list[Result], task: str, fraction: float, method: str, metric: str
+) -> np.ndarray:
+    return np.array(
+        [
+            r.metrics[metric]
+            for r in results
+            if (r.task, r.label_fraction, r.method) == (task, fraction, method)
+        ]
+    )
+
+
+def table_rows(text: str, header: str) -> dict[str, list[str]]:
+    """The first markdown table in ``text`` that starts with ``header``: its rows by key cell(s)."""
+    key_cells = 2 if "| method |" in header else 1
+    rows = {}
+    for line in text[text.index(header) :].splitlines()[2:]:
+        if not line.startswith("|"):
+            break
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        rows[" ".join(cells[:key_cells])] = cells[key_cells:]
+    return rows
+
+
+def test_report_tables_hold_the_means_and_stds_over_seeds():
+    results = made_up_results()
+    report = markdown_report(results, COLUMNS)
+    cls, gen = (
+        report[report.index("## cls") : report.index("## gen")],
+        report[report.index("## gen") :],
+    )
+
+    headline = table_rows(cls, HEADER)
+    assert set(headline) == {"0.1", "1"}
+    for fraction, key in [(0.1, "0.1"), (1.0, "1")]:
+        for i, method in enumerate(METHODS):
+            v = values(results, "cls", fraction, method, "test/acc")
+            assert headline[key][i] == f"{100 * v.mean():.1f} ± {100 * v.std():.1f} (n={len(v)})"
+    # the generator's headline is a perplexity: shown as is, not in %
+    headline = table_rows(gen, HEADER)
+    for i, method in enumerate(METHODS):
+        v = values(results, "gen", 1.0, method, "test/ppl")
+        assert headline["1"][i] == f"{v.mean():.2f} ± {v.std():.2f} (n=3)"
+    every = table_rows(gen, "| label fraction | method | test/ppl | test/exact_match (%) |")
+    for method in METHODS:
+        assert every[f"1 {method}"] == [
+            f"{values(results, 'gen', 1.0, method, 'test/ppl').mean():.2f}",
+            f"{100 * values(results, 'gen', 1.0, method, 'test/exact_match').mean():.1f}",
+        ]
+
+
+def test_csv_leaves_other_tasks_metrics_empty(tmp_path):
+    results = made_up_results()
+    write_csv(results, COLUMNS, tmp_path / "results.csv")
+    rows = csv_rows(tmp_path)
+    assert list(rows[0]) == [
+        "task",
+        "label_fraction",
+        "method",
+        "seed",
+        "test/acc",
+        "test/f1",
+        "test/ppl",
+        "test/exact_match",
+        "seconds",
+    ]
+    assert len(rows) == len(results)
+    assert all(r["test/ppl"] == r["test/exact_match"] == "" for r in rows if r["task"] == "cls")
+    assert all(r["test/acc"] == r["test/f1"] == "" for r in rows if r["task"] == "gen")
+    assert float(rows[0]["test/acc"]) == pytest.approx(results[0].metrics["test/acc"])
+
+
+def test_score_is_the_best_pretrained_method_of_the_first_task_at_its_smallest_fraction():
+    results = made_up_results()
+    accs = [values(results, "cls", 0.1, m, "test/acc").mean() for m in ("linear_probe", "finetune")]
+    assert study_score(results, COLUMNS) == pytest.approx(max(accs))
+    # a lower-is-better headline (perplexity) picks the lowest mean
+    ppls = [values(results, "gen", 1.0, m, "test/ppl").mean() for m in ("linear_probe", "finetune")]
+    assert study_score(results, {"gen": COLUMNS["gen"], "cls": COLUMNS["cls"]}) == pytest.approx(
+        min(ppls)
+    )

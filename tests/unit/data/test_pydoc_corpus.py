@@ -1,0 +1,339 @@
+"""Stdlib docstring corpus: ast extraction, skipped test code, file-level split, cache, tasks."""
+
+from __future__ import annotations
+
+import hashlib
+import platform
+from collections import Counter
+from pathlib import Path
+from textwrap import dedent
+
+import pytest
+
+from ptft.data import pydoc_corpus as pc
+from ptft.errors import ConfigError
+
+OS_PY = '''\
+"""Operating system helpers.
+
+Second paragraph of the module docstring.
+"""
+
+import sys
+
+
+def abspath(path):
+    """Return the absolute version of a path.
+
+    The path is joined with the current directory.
+    """
+    return path
+
+
+def _private(x):
+    """A private helper."""
+
+
+def no_doc():
+    return 1
+
+
+if sys.platform == "win32":
+    def getcwd():
+        """Return a string
+        for the current directory."""
+else:
+    def getcwd():
+        """Return the current directory."""
+
+
+class Stat:
+    """Result of stat().
+
+    Fields are read-only.
+    """
+
+    def size(self):
+        """Size in bytes."""
+
+    def __repr__(self):
+        """Readable form."""
+
+    async def refresh(self):
+        """Refresh the fields.
+        """
+
+    def outer(self):
+        def inner():
+            """An inner function."""
+'''
+
+# (kind, qualified name, cleaned text) expected from OS_PY, in source order
+OS_RECORDS = [
+    ("module", "os", "Operating system helpers.\n\nSecond paragraph of the module docstring."),
+    (
+        "function",
+        "abspath",
+        "Return the absolute version of a path.\n\nThe path is joined with the current directory.",
+    ),
+    ("function", "_private", "A private helper."),
+    ("function", "getcwd", "Return a string\nfor the current directory."),
+    ("function", "getcwd", "Return the current directory."),
+    ("class", "Stat", "Result of stat().\n\nFields are read-only."),
+    ("function", "Stat.size", "Size in bytes."),
+    ("function", "Stat.__repr__", "Readable form."),
+    ("function", "Stat.refresh", "Refresh the fields."),
+    ("function", "Stat.outer.<locals>.inner", "An inner function."),
+]
+
+
+def write(root: Path, rel: str, text: str) -> None:
+    path = root / rel
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+
+
+def doc_module(doc: str, functions: dict[str, str] | None = None) -> str:
+    body = f'"""{doc}"""\n'
+    for name, fdoc in (functions or {}).items():
+        body += f'\n\ndef {name}():\n    """{fdoc}"""\n'
+    return body
+
+
+@pytest.fixture
+def fake_stdlib(tmp_path) -> Path:
+    root = tmp_path / "lib"
+    write(root, "os.py", OS_PY)
+    write(root, "email/__init__.py", doc_module("Email package."))
+    write(root, "email/mime/text.py", doc_module("MIME text.", {"encode": "Encode the body."}))
+    # everything below must be skipped
+    write(root, "test/test_os.py", doc_module("Tests for os."))
+    write(root, "email/tests/test_mime.py", doc_module("Tests for email."))
+    write(root, "idlelib/idle_test/test_x.py", doc_module("Idle tests."))
+    write(root, "idlelib/editor.py", doc_module("The editor."))
+    write(root, "site-packages/thirdparty.py", doc_module("Not the stdlib."))
+    write(root, "lib-dynload/x.py", doc_module("Not importable."))
+    write(root, "config-3.11-x86_64-linux-gnu/python-config.py", doc_module("Build helper."))
+    write(root, "__pycache__/cached.py", doc_module("Cache."))
+    write(root, "broken.py", '"""Never seen."""\ndef f(:\n')
+    write(root, "notes.txt", "Not Python.")
+    # enough files for every split to get some
+    for i in range(40):
+        write(
+            root,
+            f"pkg{i % 4}/mod{i}.py",
+            doc_module(f"Module number {i}.", {f"func{i}": f"Do thing {i}."}),
+        )
+    return root
+
+
+def all_records(corpus: pc.PydocCorpus) -> list[pc.DocRecord]:
+    return [r for split in pc.SPLITS for r in corpus.splits[split]]
+
+
+def test_docstrings_of_modules_classes_functions_and_methods_are_found():
+    records = pc.extract_docstrings(OS_PY.encode(), "os.py")
+    assert [(r.kind, r.name, r.text) for r in records] == OS_RECORDS
+    assert {(r.path, r.package) for r in records} == {("os.py", "os")}
+
+    nested = pc.extract_docstrings(b'"""Text."""\nclass A:\n    """A."""\n', "email/mime/text.py")
+    assert [(r.package, r.kind, r.name) for r in nested] == [
+        ("email", "module", "email.mime.text"),
+        ("email", "class", "A"),
+    ]
+    init = pc.extract_docstrings(b'"""Pkg."""\n', "email/__init__.py")
+    assert [(r.package, r.name) for r in init] == [("email", "email")]
+
+
+def test_test_packages_unimportable_dirs_and_broken_files_are_skipped(fake_stdlib, tmp_path):
+    corpus = pc.build_corpus(
+        tmp_path / "cache", root=fake_stdlib, val_fraction=0.2, test_fraction=0.2
+    )
+    paths = {r.path for r in all_records(corpus)}
+    expected = {"os.py", "email/__init__.py", "email/mime/text.py", "idlelib/editor.py"}
+    expected |= {f"pkg{i % 4}/mod{i}.py" for i in range(40)}
+    assert paths == expected
+    texts = {r.text for r in all_records(corpus)}
+    for skipped in (
+        "Tests for os.",
+        "Tests for email.",
+        "Idle tests.",
+        "Not the stdlib.",
+        "Never seen.",
+    ):
+        assert skipped not in texts
+    assert corpus.manifest["num_files"] == len(expected)
+    assert corpus.manifest["num_records"] == len(OS_RECORDS) + 1 + 2 + 1 + 80
+
+
+def test_no_file_is_in_two_splits_and_every_file_is_in_one(fake_stdlib, tmp_path):
+    corpus = pc.build_corpus(
+        tmp_path / "cache", root=fake_stdlib, val_fraction=0.2, test_fraction=0.2
+    )
+    files = {split: {r.path for r in corpus.splits[split]} for split in pc.SPLITS}
+    assert all(files[s] for s in pc.SPLITS), files  # 44 files at 20% each: none is empty
+    assert not files["train"] & files["val"]
+    assert not files["train"] & files["test"]
+    assert not files["val"] & files["test"]
+    assert sum(len(f) for f in files.values()) == corpus.manifest["num_files"]
+    for split in pc.SPLITS:
+        assert corpus.manifest["splits"][split]["files"] == len(files[split])
+        assert corpus.manifest["splits"][split]["records"] == len(corpus.splits[split])
+
+
+def test_split_is_stable_across_builds_and_changed_by_the_seed(fake_stdlib, tmp_path):
+    def assignment(seed: int, cache: str) -> dict[str, str]:
+        corpus = pc.build_corpus(
+            tmp_path / cache, root=fake_stdlib, seed=seed, val_fraction=0.2, test_fraction=0.2
+        )
+        return {r.path: split for split in pc.SPLITS for r in corpus.splits[split]}
+
+    first, again = assignment(0, "a"), assignment(0, "b")  # second build from scratch
+    assert first == again
+    assert assignment(1, "c") != first
+
+
+def test_split_fractions_are_honoured_on_average():
+    n = 20_000
+    counts = Counter(pc.split_of(f"pkg/mod{i}.py", 3, 0.05, 0.05) for i in range(n))
+    # each share is a binomial proportion: sd = sqrt(p (1-p) / n) ≈ 0.0015; allow 5 sd
+    tolerance = 5 * (0.05 * 0.95 / n) ** 0.5
+    assert abs(counts["val"] / n - 0.05) < tolerance
+    assert abs(counts["test"] / n - 0.05) < tolerance
+
+
+def test_second_build_reads_the_cache_and_manifest_records_version_and_hash(
+    fake_stdlib, tmp_path, monkeypatch
+):
+    cache = tmp_path / "cache"
+    first = pc.build_corpus(cache, root=fake_stdlib)
+    (records_file,) = cache.glob("*.jsonl")
+    mtime = records_file.stat().st_mtime_ns
+
+    def fail(*args, **kwargs):
+        raise AssertionError("the corpus was rebuilt instead of read from the cache")
+
+    monkeypatch.setattr(pc, "extract_all", fail)
+    second = pc.build_corpus(cache, root=fake_stdlib)
+    assert second.splits == first.splits
+    assert records_file.stat().st_mtime_ns == mtime
+    assert second.manifest["python_version"] == platform.python_version()
+    assert second.manifest["content_hash"] == hashlib.sha256(records_file.read_bytes()).hexdigest()
+    assert platform.python_version() in records_file.name
+
+    # a changed source is a new cache entry, built again
+    monkeypatch.undo()
+    write(fake_stdlib, "email/__init__.py", doc_module("Email package, revised."))
+    third = pc.build_corpus(cache, root=fake_stdlib)
+    assert "Email package, revised." in {r.text for r in all_records(third)}
+    assert third.manifest["content_hash"] != first.manifest["content_hash"]
+    assert len(list(cache.glob("*.jsonl"))) == 2
+
+
+def test_package_labels_are_the_k_most_frequent_eligible_packages(tmp_path):
+    root = tmp_path / "lib"
+    counts = {"alpha": 5, "beta": 4, "gamma": 3, "delta": 3, "distutils": 9, "tomllib": 8}
+    for package, n in counts.items():
+        # three files (one per split), each with one module docstring and n - 1 function docstrings
+        for module in ("__init__", "one", "two"):
+            doc = doc_module(
+                f"{package}.", {f"f{j}": f"{package} {module} {j}." for j in range(n - 1)}
+            )
+            write(root, f"{package}/{module}.py", doc)
+    # the most frequent of all, but a single file: it can never be in every split
+    write(root, "epsilon.py", doc_module("epsilon.", {f"f{j}": f"epsilon {j}." for j in range(20)}))
+    corpus = pc.build_corpus(tmp_path / "cache", root=root, val_fraction=0.2, test_fraction=0.2)
+
+    examples, labels = pc.package_task(corpus, k=3)
+    # distutils and tomllib are frequent but version-dependent; delta beats gamma on the name tie
+    assert labels == ["alpha", "beta", "delta"]
+    for split in pc.SPLITS:
+        assert Counter(labels[y] for _, y in examples[split]) == {"alpha": 5, "beta": 4, "delta": 3}
+    for text, y in examples["train"]:
+        assert text.startswith(labels[y])
+    assert pc.package_task(corpus, k=4)[1] == ["alpha", "beta", "delta", "gamma"]
+    with pytest.raises(ConfigError, match="lower k"):
+        pc.package_task(corpus, k=5)
+
+
+def test_packages_of_three_or_more_files_have_files_in_every_split(tmp_path):
+    paths = [f"pkg{p}/mod{i}.py" for p in range(30) for i in range(3 + p % 7)] + [
+        f"single{i}.py" for i in range(500)
+    ]
+    splits = pc.assign_splits(paths, seed=0, val_fraction=0.05, test_fraction=0.05)
+    assert set(splits) == set(paths)
+    for p in range(30):
+        files = [f for f in paths if f.startswith(f"pkg{p}/")]
+        assert {splits[f] for f in files} == set(pc.SPLITS), p
+    # single files keep the plain hash rule, so the fractions hold for them
+    singles = Counter(splits[f"single{i}.py"] for i in range(500))
+    assert singles == Counter(pc.split_of(f"single{i}.py", 0, 0.05, 0.05) for i in range(500))
+    assert pc.assign_splits(reversed(paths), 0, 0.05, 0.05) == splits  # order does not matter
+    assert pc.assign_splits(paths, 1, 0.05, 0.05) != splits
+
+
+def test_package_labels_are_counted_on_the_training_split(fake_stdlib, tmp_path):
+    corpus = pc.build_corpus(
+        tmp_path / "cache", root=fake_stdlib, val_fraction=0.3, test_fraction=0.3
+    )
+    examples, labels = pc.package_task(corpus, k=3)
+    train_counts = Counter(r.package for r in corpus.splits["train"])
+    assert [train_counts[name] for name in labels] == sorted(
+        (train_counts[name] for name in labels), reverse=True
+    )
+    assert min(train_counts[name] for name in labels) >= max(
+        (c for name, c in train_counts.items() if name not in labels), default=0
+    )
+    for split in pc.SPLITS:
+        assert len(examples[split]) == sum(r.package in labels for r in corpus.splits[split])
+
+
+def test_name_task_uses_the_first_paragraph_and_skips_private_names(tmp_path):
+    root = tmp_path / "lib"
+    write(root, "os.py", OS_PY)
+    write(
+        root,
+        "extra.py",
+        dedent('''\
+        def blank():
+            """
+
+            Starts with a blank line, so this is the first paragraph.
+            """
+
+        def spaces():
+            """   """
+        '''),
+    )
+    corpus = pc.build_corpus(tmp_path / "cache", root=root, val_fraction=0.0, test_fraction=0.0)
+    pairs = pc.name_task(corpus)["train"]
+    assert pairs == [
+        ("Starts with a blank line, so this is the first paragraph.", "blank"),
+        ("Return the absolute version of a path.", "abspath"),
+        ("Return a string for the current directory.", "getcwd"),
+        ("Return the current directory.", "getcwd"),
+        ("Size in bytes.", "size"),
+        ("Refresh the fields.", "refresh"),
+        ("An inner function.", "inner"),
+    ]
+    assert pc.first_paragraph("One\n   \nTwo") == "One"
+
+
+def test_bad_fractions_and_an_empty_root_raise_config_errors(tmp_path):
+    with pytest.raises(ConfigError, match="val_fraction"):
+        pc.build_corpus(tmp_path / "cache", root=tmp_path, val_fraction=0.6, test_fraction=0.5)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ConfigError, match="no Python source files"):
+        pc.build_corpus(tmp_path / "cache", root=tmp_path / "empty")
+
+
+def test_real_stdlib_corpus_has_the_expected_size(tmp_path):
+    corpus = pc.build_corpus(tmp_path / "cache")
+    m = corpus.manifest
+    # about 1.8 MB of docstrings on 3.11; allow for other versions
+    assert 1_000_000 < m["num_chars"] < 3_500_000
+    assert m["num_records"] > 5_000
+    records = all_records(corpus)
+    assert not any(part in pc.TEST_DIRS for r in records for part in r.path.split("/")[:-1])
+    assert ("posixpath.py", "function", "abspath") in {(r.path, r.kind, r.name) for r in records}
+    assert m["splits"]["val"]["files"] > 0 and m["splits"]["test"]["files"] > 0
