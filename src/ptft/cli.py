@@ -1,18 +1,31 @@
 """What the entry points share: where the configs live, one-line errors, a clear word on a
-missing sweep plugin, and the config of a run checked against the code before Hydra starts it."""
+missing sweep plugin, and the config of a run checked against the code before Hydra starts it.
+
+Exit status: 0 when the command did what it was asked; 2 for any configuration error, ptft's
+(:class:`ptft.errors.ConfigError`) and Hydra's and OmegaConf's alike (an override that does not
+parse, an unknown key or option, a wrong type, a value left ``???``), each said in one line
+``error: ...`` on stderr; 1 for a failure during the run (with its traceback).
+"""
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import importlib.util
+import os
 import re
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from importlib import resources
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, NoReturn
+
+from omegaconf.errors import OmegaConfBaseException
 
 from ptft.errors import ConfigError
+
+#: the exit status of every configuration error (argparse's own for a bad flag)
+CONFIG_ERROR = 2
 
 #: ptft-generate without a prompt (checked by the entry point before torch loads, and by the driver)
 NO_PROMPT = 'no prompt given: pass prompt="..." or prompts=["...","..."]'
@@ -30,18 +43,96 @@ def config_dir() -> str:
     raise RuntimeError("ptft's configs were not found: reinstall the package (pip install ptft)")
 
 
+def config_error_line(err: BaseException) -> str:
+    """A configuration error as one line: ptft's as it is; Hydra's and OmegaConf's (a message
+    over several lines, then the full key, the options, the search path, the cause) joined,
+    the options listed with commas, the search path and type details left out."""
+    if isinstance(err, ConfigError):
+        return " ".join(str(err).split())
+    parts, key = [], None
+    for error in (err, err.__cause__):
+        if error is None or (error is not err and not isinstance(error, OmegaConfBaseException)):
+            continue
+        text = []
+        for raw in str(error).splitlines():
+            line = raw.strip()
+            if line.startswith("Config search path"):
+                break
+            if line.startswith("full_key:"):
+                key = key or line.partition(":")[2].strip()
+            if not line or line.startswith(("full_key:", "object_type=", "reference_type=")):
+                continue
+            if line.startswith("See https://"):
+                continue
+            if text and raw[:1].isspace() and text[-1].endswith((":", ",")):
+                text[-1] += f" {line},"  # an option of a list ("Available options in 'model':")
+            else:
+                text.append(line)
+        text = [t.rstrip(",") for t in text]
+        joined = " ".join(
+            t if t.endswith((".", ":", ";", "!", "?")) or i == len(text) - 1 else f"{t}."
+            for i, t in enumerate(text)
+        )
+        parts.append(joined if error is err else f"({joined})")
+    line = " ".join(p for p in parts if p) or type(err).__name__
+    if key and key not in line:
+        line += f" (at {key})"
+    return line
+
+
+def fail(message: str) -> NoReturn:
+    """Say a configuration error in one line and exit with :data:`CONFIG_ERROR`."""
+    print(f"error: {message}", file=sys.stderr)
+    raise SystemExit(CONFIG_ERROR)
+
+
 def one_line_errors(task: Callable[..., Any]) -> Callable[..., Any]:
-    """Print bad-input errors as one line and exit with status 2, instead of a traceback."""
+    """Print bad-input errors (:class:`ConfigError`, and OmegaConf's: a value left ``???``, an
+    interpolation to no key) as one line and exit with status 2, instead of a traceback."""
 
     @functools.wraps(task)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return task(*args, **kwargs)
-        except ConfigError as err:
-            print(f"error: {err}", file=sys.stderr)
-            raise SystemExit(2) from None
+        except (ConfigError, OmegaConfBaseException) as err:
+            fail(config_error_line(err))
 
     return wrapper
+
+
+@contextlib.contextmanager
+def hydra_config_errors() -> Iterator[None]:
+    """While Hydra runs (a multirun, ``--cfg``: what is not checked before), its configuration
+    errors exit with status 2 in one line too, as ptft's do; Hydra's own report (status 1, a
+    traceback) is kept for every other error, and for all of them with ``HYDRA_FULL_ERROR=1``."""
+    from hydra._internal import utils
+    from hydra.errors import CompactHydraException
+
+    original = getattr(utils, "run_and_report", None)
+    if original is None:  # another Hydra: its own report and status
+        yield
+        return
+
+    def run_and_report(func: Callable[[], Any]) -> Any:
+        try:
+            return func()
+        except (CompactHydraException, OmegaConfBaseException, ConfigError) as err:
+            if os.environ.get("HYDRA_FULL_ERROR") == "1":
+                raise
+            fail(config_error_line(err))
+        except Exception as err:  # noqa: BLE001 -- Hydra reports it, as before
+            caught = err
+
+            def again() -> Any:
+                raise caught
+
+            return original(again)
+
+    utils.run_and_report = run_and_report
+    try:
+        yield
+    finally:
+        utils.run_and_report = original
 
 
 class Plugin(NamedTuple):
@@ -115,34 +206,70 @@ def plugins_checked(entry_point: Callable[..., Any]) -> Callable[..., Any]:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         error = missing_plugin(sys.argv[1:])
         if error:
-            print(f"error: {error}", file=sys.stderr)
-            raise SystemExit(2)
+            fail(error)
         return entry_point(*args, **kwargs)
 
     return wrapper
 
 
-#: Hydra's flags that show something instead of running: nothing to check
-_NOT_A_RUN = (
-    "help",
-    "hydra_help",
-    "cfg",
-    "info",
-    "shell_completion",
-    "multirun",
-    "experimental_rerun",
-)
+#: Hydra's flags that show something instead of running: their config is composed (a command
+#: line that does not compose is refused in one line) but not checked against the code, so
+#: that ``--help`` and ``--cfg job`` import no torch
+_NOT_A_RUN = ("cfg", "info", "resolve", "experimental_rerun")
+#: flags that compose nothing
+_NO_CONFIG = ("help", "hydra_help", "shell_completion")
 #: what checks a run's config: its ``_target_`` nodes against the code they name
 VALIDATE = "ptft.config.validate.validate"
 
 
+def unknown_option(loader: Any, overrides: list[str]) -> str | None:
+    """The one-line error for ``group=option`` (or a sweep over options) naming an option the
+    group does not have, or None. Hydra refuses such a choice for most groups itself, but takes
+    it silently for an optional group (``experiment``, ``debug``, ``hparams_search``): the
+    run would go on without it."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.core.override_parser.types import ChoiceSweep
+
+    for override in OverridesParser.create().parse_overrides(overrides):
+        group = override.key_or_group
+        if override.is_delete() or not loader.repository.group_exists(group):
+            continue
+        value = override.value()
+        choices = value.list if isinstance(value, ChoiceSweep) else [value]
+        options = loader.get_group_options(group)
+        for choice in choices:
+            if isinstance(choice, str) and choice not in options:
+                return (
+                    f"{override.input_line}: {group} has no option '{choice}'; "
+                    f"choose from {', '.join(options)}"
+                )
+    return None
+
+
+def bad_override(overrides: list[str]) -> str | None:
+    """``"<override>: "`` for the first of ``overrides`` that does not parse (Hydra's message
+    does not say which), else None."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    parser = OverridesParser.create()
+    for override in overrides:
+        try:
+            parser.parse_override(override)
+        except Exception:  # noqa: BLE001 -- the one Hydra's message is about
+            return f"{override}: "
+    return None
+
+
 def run_config_error(config_name: str, argv: list[str], check: str = VALIDATE) -> str | None:
-    """The one-line error that ``check`` (a function's dotted path: :mod:`ptft.config.validate`
-    by default) raises for the config ``argv`` runs, or None. Only a plain run is checked:
-    ``--help``, ``--cfg`` and the like run nothing (and import no torch), a multirun checks each
-    job as it starts (:func:`ptft.runs.fit.train`), and a command line that does not compose is
-    left to Hydra, whose message names the bad override. ``check`` runs while Hydra is set up,
-    so it may compose other configs (the study composes its runs)."""
+    """The one-line error for the command line ``argv``, or None.
+
+    The config is composed as Hydra will compose it: a command line that does not (an override
+    that does not parse, a key or an option the config does not have, a value of the wrong
+    type) is refused in Hydra's words, made one line. A plain run's config is then checked
+    by ``check`` (a function's dotted path: :mod:`ptft.config.validate` by default), which
+    runs while Hydra is set up, so it may compose other configs (the study composes its runs).
+    A multirun's jobs check themselves as they start (:func:`ptft.runs.fit.train`: a bad job
+    fails alone); ``--help``, ``--cfg`` and the like run nothing, and import no torch."""
     if "--version" in argv:
         return None
     from hydra._internal.hydra import Hydra
@@ -152,12 +279,13 @@ def run_config_error(config_name: str, argv: list[str], check: str = VALIDATE) -
     from hydra.types import RunMode
 
     from ptft.config.targets import locate
+    from ptft.config.validate import check_settings
 
     try:
         args = get_args_parser().parse_args(argv)
-    except SystemExit:  # a bad flag: Hydra says so
+    except SystemExit:  # a bad flag: argparse says so (status 2)
         return None
-    if any(getattr(args, flag, None) for flag in _NOT_A_RUN) or args.config_path is not None:
+    if any(getattr(args, flag, None) for flag in _NO_CONFIG) or args.config_path is not None:
         return None
     if GlobalHydra.instance().is_initialized():  # inside another Hydra app: leave it to the run
         return None
@@ -165,16 +293,25 @@ def run_config_error(config_name: str, argv: list[str], check: str = VALIDATE) -
     if args.config_dir is not None:  # where Hydra puts it
         path = f"file://{Path(args.config_dir).resolve()}"
         search_path.prepend("command-line", path, anchor=SearchPathQuery(provider="schema"))
+    multirun = bool(args.multirun)
     try:
         try:
             hydra = Hydra.create_main_hydra2(task_name="ptft", config_search_path=search_path)
             name = args.config_name or config_name
-            cfg = hydra.compose_config(name, args.overrides, run_mode=RunMode.RUN)
-        except Exception:  # noqa: BLE001 -- Hydra reports it, naming the override
+            mode = RunMode.MULTIRUN if multirun else RunMode.RUN
+            # a multirun's sweep values are left out: each job composes its own
+            cfg = hydra.compose_config(name, args.overrides, run_mode=mode)
+            error = unknown_option(hydra.config_loader, args.overrides)
+        except Exception as err:  # noqa: BLE001 -- Hydra's own error, naming the override
+            return f"{bad_override(args.overrides) or ''}{config_error_line(err)}"
+        if error:
+            return error
+        if multirun or cfg.hydra.get("mode") == RunMode.MULTIRUN:  # a sweep (hparams_search)
             return None
-        if cfg.hydra.get("mode") == RunMode.MULTIRUN:  # a sweep in the config (hparams_search)
+        if any(getattr(args, flag, None) for flag in _NOT_A_RUN):
             return None
         try:
+            check_settings(cfg)
             locate(check)(cfg)
         except ConfigError as err:
             return str(err)
@@ -186,18 +323,20 @@ def run_config_error(config_name: str, argv: list[str], check: str = VALIDATE) -
 def validated(
     config_name: str, check: str = VALIDATE
 ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-    """Stop with a one-line error (exit status 2) when ``check`` refuses the config of the run
-    ``sys.argv`` asks for (:func:`run_config_error`): before Hydra writes a run directory, and
-    before anything is built."""
+    """Stop with a one-line error (exit status 2) when the command line ``sys.argv`` does not
+    compose or ``check`` refuses the config of the run it asks for (:func:`run_config_error`):
+    before Hydra writes a run directory, and before anything is built. What reaches Hydra
+    (a multirun's jobs, ``--cfg``) exits with status 2 for a configuration error too
+    (:func:`hydra_config_errors`)."""
 
     def decorate(entry_point: Callable[..., Any]) -> Callable[..., Any]:
         @functools.wraps(entry_point)
         def wrapper(*args: Any, **kwargs: Any) -> Any:
             error = run_config_error(config_name, sys.argv[1:], check)
             if error:
-                print(f"error: {error}", file=sys.stderr)
-                raise SystemExit(2)
-            return entry_point(*args, **kwargs)
+                fail(error)
+            with hydra_config_errors():
+                return entry_point(*args, **kwargs)
 
         return wrapper
 

@@ -14,12 +14,24 @@ import hydra
 from omegaconf import DictConfig
 
 from ptft import config
-from ptft.cli import NO_PROMPT, config_dir, one_line_errors
+from ptft.cli import NO_PROMPT, config_dir, one_line_errors, validated
 from ptft.errors import ConfigError
 
 config.register()
 
 
+def check(cfg: DictConfig) -> None:
+    """What ``ptft-generate`` refuses before Hydra writes a run directory: the settings out of
+    their bounds (``ckpt_path`` left out or not a file, ``top_p=2``, ...: the schema's) and no
+    prompt. The checkpoint itself is read when the run starts."""
+    from ptft.config.validate import validate
+
+    validate(cfg)
+    if cfg.prompt is None and not cfg.prompts:
+        raise ConfigError(NO_PROMPT)
+
+
+@validated("generate", check="ptft.generate.check")
 @hydra.main(version_base="1.3", config_path=config_dir(), config_name="generate")
 @one_line_errors
 def main(cfg: DictConfig) -> list[dict[str, Any]]:

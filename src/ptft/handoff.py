@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from ptft.checkpoints import BACKBONE, check_targets, read_checkpoint
 from ptft.config.targets import locate
 from ptft.config.validate import signature
 from ptft.data.tokenizer import TOKENIZER_FILE
@@ -62,40 +64,62 @@ def resolve_checkpoint(path: str | Path) -> Path:
     )
 
 
-def read_pretrained(path: str | Path) -> Pretrained:
-    """Read the backbone record and weights from a ptft checkpoint (``weights_only``)."""
+def read_pretrained(path: str | Path, backbone: Mapping[str, Any] | None = None) -> Pretrained:
+    """Read the backbone record and weights from a ptft checkpoint (``weights_only``).
+
+    The backbone the file names (``ptft_backbone.config._target_``) must be one of ptft's, or
+    the class ``backbone`` (the user's own ``model.backbone`` config) names: a checkpoint
+    someone sent cannot have ptft call anything else. Checked here, before anything is built."""
     file = resolve_checkpoint(path)
-    try:
-        checkpoint = torch.load(file, map_location="cpu", weights_only=True)
-    except Exception as err:
-        raise ConfigError(
-            f"model.pretrained={file} is not a loadable PyTorch checkpoint ({type(err).__name__})"
-        ) from err
-    if not isinstance(checkpoint, dict) or not isinstance(checkpoint.get("state_dict"), dict):
+    checkpoint = read_checkpoint(file, "model.pretrained")
+    if not isinstance(checkpoint.get("state_dict"), dict):
         raise ConfigError(
             f"model.pretrained={file} is not a Lightning checkpoint (it has no state_dict)"
         )
     state = checkpoint["state_dict"]
-    weights = {k[len(PREFIX) :]: v for k, v in state.items() if k.startswith(PREFIX)}
+    weights = {
+        k[len(PREFIX) :]: v
+        for k, v in state.items()
+        if isinstance(k, str) and k.startswith(PREFIX) and isinstance(v, torch.Tensor)
+    }
     record = checkpoint.get("ptft_backbone")
     if not weights or not isinstance(record, dict):
         raise ConfigError(
             f"model.pretrained={file} has no backbone "
             "(no 'backbone.*' weights and backbone record); pass a checkpoint written by a ptft run"
         )
+    config, input_shape = record.get("config"), record.get("input_shape")
+    if not isinstance(config, dict) or not _shape(input_shape):
+        raise ConfigError(
+            f"model.pretrained={file}: its backbone record (ptft_backbone) has no config "
+            "and input_shape; pass a checkpoint written by a ptft run"
+        )
+    try:
+        check_targets(config, "ptft_backbone.config", {"": BACKBONE}, backbone, "model.backbone")
+    except ConfigError as err:
+        raise ConfigError(f"model.pretrained={file}: {err}") from None
     # a tensor tied to a backbone weight (an LM head sharing the token embedding) comes along
     shared = {v.data_ptr() for v in weights.values()}
     skipped = sorted(
-        k for k, v in state.items() if not k.startswith(PREFIX) and v.data_ptr() not in shared
+        k
+        for k, v in state.items()
+        if not (isinstance(k, str) and k.startswith(PREFIX))
+        and not (isinstance(v, torch.Tensor) and v.data_ptr() in shared)
     )
     tokenizer = checkpoint.get("ptft_tokenizer")
     return Pretrained(
         file,
-        dict(record["config"]),
-        list(record["input_shape"]),
+        dict(config),
+        list(input_shape),
         weights,
         skipped,
         tokenizer if isinstance(tokenizer, str) else None,
+    )
+
+
+def _shape(value: Any) -> bool:
+    return isinstance(value, list) and all(
+        isinstance(n, int) and not isinstance(n, bool) for n in value
     )
 
 

@@ -29,6 +29,7 @@ from torch import nn
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LambdaLR
 
+from ptft.config.bounds import NonNegativeFloat, NonNegativeInt, PositiveInt
 from ptft.data.protocol import per_device_batch_size
 from ptft.errors import ConfigError
 from ptft.schedules import ConstantFactor, GradualWarmupLR
@@ -184,9 +185,9 @@ class LRScalingConfig(TypedDict, total=False):
     :class:`LRScaling`'s."""
 
     enabled: bool
-    base_batch: int | None
-    warmup_epochs: float
-    warmup_steps: int | None
+    base_batch: PositiveInt | None
+    warmup_epochs: NonNegativeFloat
+    warmup_steps: NonNegativeInt | None
 
 
 @dataclass(frozen=True)

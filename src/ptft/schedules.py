@@ -10,9 +10,12 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
+from typing import Annotated
 
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LambdaLR
+
+from ptft.config.bounds import NonNegativeInt, Probability, Range
 
 
 class WarmupCosineFactor:
@@ -81,7 +84,10 @@ class ConstantFactor:
 
 
 def warmup_cosine(
-    optimizer: Optimizer, total_steps: int, warmup_fraction: float = 0.05, min_factor: float = 0.0
+    optimizer: Optimizer,
+    total_steps: int,
+    warmup_fraction: Probability = 0.05,
+    min_factor: Probability = 0.0,
 ) -> LambdaLR:
     """Warmup over ``warmup_fraction`` of the run, then cosine decay (per optimizer step)."""
     return LambdaLR(
@@ -90,13 +96,16 @@ def warmup_cosine(
 
 
 def slanted_triangular(
-    optimizer: Optimizer, total_steps: int, cut_frac: float = 0.1, ratio: float = 32.0
+    optimizer: Optimizer,
+    total_steps: int,
+    cut_frac: Annotated[float, Range(gt=0, lt=1)] = 0.1,
+    ratio: Annotated[float, Range(ge=1)] = 32.0,
 ) -> LambdaLR:
     """ULMFiT's slanted triangular schedule over ``total_steps`` (defaults from the paper)."""
     return LambdaLR(optimizer, SlantedTriangularFactor(total_steps, cut_frac, ratio))
 
 
-def constant(optimizer: Optimizer, total_steps: int, warmup_steps: int = 0) -> LambdaLR:
+def constant(optimizer: Optimizer, total_steps: int, warmup_steps: NonNegativeInt = 0) -> LambdaLR:
     """The configured rate throughout, after ``warmup_steps`` of linear warmup (``total_steps``
     is taken for a uniform signature and not needed)."""
     return LambdaLR(optimizer, ConstantFactor(warmup_steps))

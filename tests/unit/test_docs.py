@@ -199,14 +199,17 @@ def grid(overrides: tuple[str, ...]) -> list[list[str]]:
 
 # -- composing --------------------------------------------------------------------------------
 #: what each entry point checks before it runs (``@validated`` in ptft/train.py, eval.py,
-#: pipeline.py; a multirun's jobs check themselves the same way as they start);
-#: ptft-generate checks only that its checkpoint file exists, which a page's cannot
+#: generate.py, pipeline.py; a multirun's jobs check themselves the same way as they start)
 CHECKS = {
     "train": "ptft.config.validate.validate",
     "eval": "ptft.config.validate.validate",
+    "generate": "ptft.generate.check",
     # the study composes and validates every run it will make, pretraining included
     "pipeline": "ptft.study.runner.check",
 }
+#: keys that name a file the run reads, which must exist: a page's (``outputs/…/<ts>``) stands
+#: for one the reader has, so a file is made for it
+READ_PATHS = ("ckpt_path", "model.pretrained", "pretrained", "data.tokenizer")
 
 
 def compose_as_entry_point(config: str, overrides: list[str], output_dir: Path) -> DictConfig:
@@ -215,6 +218,14 @@ def compose_as_entry_point(config: str, overrides: list[str], output_dir: Path) 
     if not any(o.split("=", 1)[0].lstrip("+~") == "paths.output_dir" for o in overrides):
         # ${hydra:runtime.output_dir} resolves only inside a run
         overrides = [*overrides, f"paths.output_dir='{output_dir}'"]
+    overrides = list(overrides)
+    for i, override in enumerate(overrides):
+        key, _, value = override.partition("=")
+        if key.lstrip("+") in READ_PATHS and value not in ("", "null"):
+            stand_in = output_dir / "read" / key.lstrip("+")
+            stand_in.parent.mkdir(parents=True, exist_ok=True)
+            stand_in.touch()
+            overrides[i] = f"{key}='{stand_in}'"
     cfg = compose(config_name=config, overrides=overrides)
     if config in CHECKS:
         locate(CHECKS[config])(cfg)

@@ -18,6 +18,7 @@ import torch
 from lightning.pytorch.loggers import TensorBoardLogger
 from torch import Tensor
 
+from ptft.config.bounds import NonEmptyStr, NonNegativeInt
 from ptft.data import protocol
 
 log = logging.getLogger(__name__)
@@ -44,7 +45,9 @@ def example_features(module: L.LightningModule, x: Tensor) -> Tensor:
 class EmbeddingProjector(L.Callback):
     """Writes ``max_items`` validation embeddings (tag ``tag``) when fitting ends."""
 
-    def __init__(self, max_items: int = 1000, tag: str = "val/embedding") -> None:
+    def __init__(
+        self, max_items: NonNegativeInt = 1000, tag: NonEmptyStr = "val/embedding"
+    ) -> None:
         self.max_items = max_items
         self.tag = tag
 

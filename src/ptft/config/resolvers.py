@@ -1,8 +1,12 @@
-"""OmegaConf resolvers of ptft's sweeper and launcher configs: they derive a plugin's setting
-from the run's own config, so that it is said once (``${ptft.direction:${model.monitor_mode}}``)."""
+"""OmegaConf resolvers of ptft's Hydra, sweeper and launcher configs: they derive a plugin's
+setting from the run's own config, so that it is said once
+(``${ptft.direction:${model.monitor_mode}}``), and claim each run its own directory
+(``${ptft.unique:...}``)."""
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
 from typing import Any
 
 from omegaconf import ListConfig, OmegaConf
@@ -39,11 +43,51 @@ def gpus_per_node(accelerator: str, devices: Any) -> int | None:
     return devices_per_node(devices) if accelerator in GPU_ACCELERATORS else None
 
 
+def unique(base: str) -> str:
+    """A directory for one run (or one sweep), claimed with ``os.mkdir``: ``base`` when it does
+    not exist, else ``base_1``, ``base_2``… Two processes started in the same second (so with
+    the same timestamp in ``base``) never share a directory: ``mkdir`` succeeds for one of them
+    only. Registered with OmegaConf's cache, keyed by the unresolved argument, so a config
+    resolves to one directory however often Hydra reads ``hydra.run.dir``, and a sweep's job
+    configs (Hydra copies the cache into them, in the launcher's workers too) see the sweep's
+    own. ptft's DDP children are given their job's directory (``hydra.run.dir=…``) and claim
+    none; the ranks of a run that a cluster started together (``srun``, ``torchrun``) share
+    ``base``, as they did before (none of them can know the name another one claimed)."""
+    path = Path(base)
+    if _started_together():
+        path.mkdir(parents=True, exist_ok=True)
+        return str(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    for n in range(10_000):
+        candidate = path if n == 0 else path.with_name(f"{path.name}_{n}")
+        try:
+            os.mkdir(candidate)
+        except FileExistsError:
+            continue
+        return str(candidate)
+    raise ConfigError(f"{base}: 10000 directories of this name exist already; clean up outputs/")
+
+
+def _started_together() -> bool:
+    """Whether this process is one rank of a run whose processes a cluster started (SLURM's
+    tasks under ``srun``, torchrun's workers)."""
+    env = os.environ
+    if "TORCHELASTIC_RUN_ID" in env:
+        return _count(env.get("WORLD_SIZE")) > 1
+    return "SLURM_PROCID" in env and _count(env.get("SLURM_NTASKS")) > 1
+
+
+def _count(value: str | None) -> int:
+    return int(value) if value and value.strip().isdigit() else 1
+
+
 RESOLVERS = {
     "ptft.direction": direction,
     "ptft.devices_per_node": devices_per_node,
     "ptft.gpus_per_node": gpus_per_node,
 }
+#: resolvers whose result is cached in the config (keyed by the unresolved arguments)
+CACHED = {"ptft.unique": unique}
 
 
 def register() -> None:
@@ -52,3 +96,6 @@ def register() -> None:
     for name, fn in RESOLVERS.items():
         if not OmegaConf.has_resolver(name):
             OmegaConf.register_new_resolver(name, fn)
+    for name, fn in CACHED.items():
+        if not OmegaConf.has_resolver(name):
+            OmegaConf.register_new_resolver(name, fn, use_cache=True)

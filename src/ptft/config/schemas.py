@@ -6,15 +6,29 @@ composed, naming the key, before torch is imported. What a ``_target_`` node tak
 backbone, optimizer, scheduler, data, callbacks, loggers) is said by the code it names, not
 here: those nodes are open (:func:`open_node`), and :mod:`ptft.config.validate` checks them
 against the constructor's signature before anything is built. ``register()`` puts these
-schemas in Hydra's ConfigStore; the entry points call it before composing.
+schemas in Hydra's ConfigStore; the entry points call it before composing. The bounds in
+the annotations (``PositiveInt``, ``NonEmptyStr``: :mod:`ptft.config.bounds`) are checked
+before a run starts too (:func:`ptft.config.validate.check_settings`).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any  # noqa: UP035 -- OmegaConf needs typing.Optional on 3.10
+from typing import Annotated, Any  # noqa: UP035 -- OmegaConf needs typing.Optional on 3.10
 
 from omegaconf import MISSING, DictConfig, OmegaConf
+
+from ptft.config.bounds import (
+    ExistingPath,
+    Fraction,
+    NonEmptyStr,
+    NonNegativeFloat,
+    NonNegativeInt,
+    PositiveInt,
+    Probability,
+    Range,
+    Seed,
+)
 
 # ruff: noqa: UP007 -- OmegaConf reads these annotations at runtime
 
@@ -29,6 +43,18 @@ def open_node() -> DictConfig:
     return node
 
 
+#: a count that may be -1 for "no limit" (Lightning's max_epochs, max_steps, ...)
+OrUnlimited = Annotated[int, Range(ge=-1)]
+#: a checkpoint to read: it must exist when the run starts
+CheckpointPath = Annotated[str, ExistingPath("no such checkpoint file")]
+#: a checkpoint to resume from
+ResumePath = Annotated[str, ExistingPath("no such checkpoint file; pass the .ckpt to resume from")]
+#: a checkpoint or run directory to take a pretrained backbone from
+PretrainedPath = Annotated[
+    str, ExistingPath("no such file or directory; pass a .ckpt file or a run directory")
+]
+
+
 # ------------------------------------------------------------------------ trainer
 @dataclass
 class TrainerConfig:
@@ -36,21 +62,21 @@ class TrainerConfig:
     ``+trainer.x=``."""
 
     _target_: str = "lightning.pytorch.Trainer"
-    default_root_dir: str | None = None
-    accelerator: str = "auto"
+    default_root_dir: NonEmptyStr | None = None
+    accelerator: NonEmptyStr = "auto"
     devices: Any = "auto"
-    num_nodes: int = 1
+    num_nodes: PositiveInt = 1
     strategy: Any = "auto"
     precision: Any = "32-true"
-    min_epochs: int | None = None
-    max_epochs: int | None = None
-    max_steps: int = -1
-    max_time: str | None = None
+    min_epochs: NonNegativeInt | None = None
+    max_epochs: OrUnlimited | None = None
+    max_steps: OrUnlimited = -1
+    max_time: NonEmptyStr | None = None
     val_check_interval: Any = None
-    check_val_every_n_epoch: int | None = 1
-    log_every_n_steps: int | None = None
-    accumulate_grad_batches: int = 1
-    gradient_clip_val: float | None = None
+    check_val_every_n_epoch: PositiveInt | None = 1
+    log_every_n_steps: NonNegativeInt | None = None  # 0: no logging
+    accumulate_grad_batches: PositiveInt = 1
+    gradient_clip_val: NonNegativeFloat | None = None
     deterministic: Any = None
     benchmark: bool | None = None
     fast_dev_run: Any = False
@@ -58,8 +84,8 @@ class TrainerConfig:
     limit_train_batches: Any = None
     limit_val_batches: Any = None
     limit_test_batches: Any = None
-    num_sanity_val_steps: int | None = None
-    profiler: str | None = None
+    num_sanity_val_steps: OrUnlimited | None = None
+    profiler: NonEmptyStr | None = None
     enable_progress_bar: bool | None = None
     enable_model_summary: bool | None = None
     enable_checkpointing: bool | None = None
@@ -70,22 +96,23 @@ class TrainerConfig:
 # -------------------------------------------------------------------------- runs
 @dataclass
 class PathsConfig:
-    root_dir: str = MISSING
-    data_dir: str = MISSING
-    log_dir: str = MISSING
-    output_dir: str = MISSING
+    # an empty path would be the current folder (or, joined, the root of the file system)
+    root_dir: NonEmptyStr = MISSING
+    data_dir: NonEmptyStr = MISSING
+    log_dir: NonEmptyStr = MISSING
+    output_dir: NonEmptyStr = MISSING
 
 
 @dataclass
 class TrainConfig:
     """``train.yaml``: what ``ptft-train`` runs; returns ``optimized_metric`` to sweepers."""
 
-    task_name: str = "train"
-    seed: int = 42
+    task_name: NonEmptyStr = "train"
+    seed: Seed = 42
     train: bool = True
     test: bool = True
-    ckpt_path: str | None = None
-    optimized_metric: str | None = None
+    ckpt_path: ResumePath | None = None
+    optimized_metric: NonEmptyStr | None = None
     data: Any = field(default_factory=open_node)
     model: Any = field(default_factory=open_node)
     trainer: Any = MISSING
@@ -98,11 +125,14 @@ class TrainConfig:
 class EvalConfig:
     """``eval.yaml``: ``ptft-eval ckpt_path=…`` tests a checkpoint and writes ``metrics.json``."""
 
-    task_name: str = "eval"
-    seed: int = 42
-    ckpt_path: str = MISSING
+    task_name: NonEmptyStr = "eval"
+    seed: Seed = 42
+    ckpt_path: CheckpointPath = MISSING
     # a data config to test on instead of the checkpoint's (empty: the checkpoint's)
     data: Any = field(default_factory=open_node)
+    # your own classes the checkpoint names (model._target_, model.backbone._target_, …): a
+    # checkpoint is rebuilt only from ptft's own code unless your config names them (SECURITY.md)
+    model: Any = field(default_factory=open_node)
     trainer: Any = MISSING
     logger: Any = field(default_factory=open_node)
     paths: PathsConfig = field(default_factory=PathsConfig)
@@ -112,17 +142,19 @@ class EvalConfig:
 class GenerateConfig:
     """``generate.yaml``: ``ptft-generate ckpt_path=… prompt=…`` continues text with a causal LM."""
 
-    task_name: str = "generate"
-    ckpt_path: str = MISSING
+    task_name: NonEmptyStr = "generate"
+    ckpt_path: CheckpointPath = MISSING
     prompt: str | None = None
     prompts: list[str] = field(default_factory=list)
-    max_new_tokens: int = 64
-    temperature: float = 0.0
-    top_k: int | None = None
-    top_p: float | None = None
-    num_samples: int = 1
-    seed: int = 42
-    device: str = "cpu"
+    max_new_tokens: NonNegativeInt = 64
+    temperature: NonNegativeFloat = 0.0
+    top_k: PositiveInt | None = None
+    top_p: Fraction | None = None
+    num_samples: PositiveInt = 1
+    seed: Seed = 42
+    device: NonEmptyStr = "cpu"
+    # your own classes the checkpoint names, as in EvalConfig (SECURITY.md)
+    model: Any = field(default_factory=open_node)
     paths: PathsConfig = field(default_factory=PathsConfig)
 
 
@@ -141,13 +173,13 @@ class StudyTask:
     methods: list[str] = field(default_factory=lambda: ["scratch", "linear_probe", "finetune"])
     # extra overrides per method; how a method freezes or steps is the task's business
     method_overrides: dict[str, list[str]] = field(default_factory=dict)
-    label_fractions: list[float] = field(default_factory=lambda: [1.0])
+    label_fractions: list[Fraction] = field(default_factory=lambda: [1.0])
     # logged metrics to report; the first is the headline (table and plot)
     metrics: list[str] = field(default_factory=lambda: ["test/acc"])
-    seeds: int = 1
+    seeds: PositiveInt = 1
     # fractions up to small_fraction get small_fraction_seeds seeds (null: as many as seeds)
-    small_fraction: float = 0.0
-    small_fraction_seeds: int | None = None
+    small_fraction: Probability = 0.0
+    small_fraction_seeds: PositiveInt | None = None
 
 
 @dataclass
@@ -155,8 +187,8 @@ class PipelineConfig:
     """``pipeline.yaml``: pretrain once, then fine-tune every task per label fraction, method
     and seed."""
 
-    task_name: str = "pipeline"
-    pretrained: str | None = None
+    task_name: NonEmptyStr = "pipeline"
+    pretrained: PretrainedPath | None = None
     pretrain: PipelineStage = field(default_factory=PipelineStage)
     tasks: dict[str, StudyTask] = field(default_factory=dict)
     svc: dict[str, Any] = field(default_factory=lambda: {"C": 10.0, "gamma": "scale"})

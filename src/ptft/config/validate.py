@@ -13,7 +13,17 @@ backbone or data set needs no schema. Before anything is built, it fails with on
   not an ``int``);
 * a plain-dict argument annotated with a ``TypedDict`` (``model.knn``, ``model.augment``):
   its keys and values, the same way;
+* a value outside the bound its annotation declares (``PositiveInt``, ``Probability``,
+  ``NonEmptyStr``: :mod:`ptft.config.bounds`), items of a list included;
+* a value the code refuses when built, for the classes of :data:`DRY_RUN` (torch's
+  optimizers, Lightning's callbacks and loggers, ptft's callbacks): they are built once (an
+  optimizer on a dummy parameter), and their own error is reported against the key that
+  causes it;
 * a value left ``???``.
+
+:func:`check_settings` checks the run-level settings the same way: the fields of the typed
+schemas (``trainer.*``, ``paths.*``, ``ckpt_path``, ...) against their bounds, and a required
+one left ``???``.
 
 Annotations it cannot read (a ``Callable``, a protocol, a type variable) are not checked.
 Defaults stay in the code; :func:`with_defaults` reads them for the checkpoint's record.
@@ -22,22 +32,43 @@ Defaults stay in the code; :func:`with_defaults` reads them for the checkpoint's
 from __future__ import annotations
 
 import collections.abc as abc
+import dataclasses
 import enum
 import inspect
 import os
 import sys
 import types
 import typing
-from collections.abc import Callable, Mapping
-from typing import Any
+from collections.abc import Callable, Iterator, Mapping
+from typing import Annotated, Any, Literal
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf.errors import InterpolationKeyError
 
+from ptft.config.bounds import (
+    ExistingPath,
+    NonEmptyStr,
+    NonNegativeInt,
+    PositiveInt,
+    Range,
+    annotations,
+    violation,
+)
 from ptft.config.targets import locate
 from ptft.errors import ConfigError
 
 #: model keys that are run settings, not constructor arguments (read by :mod:`ptft.runs.build`)
 MODEL_RUN_KEYS = ("pretrained", "monitor", "monitor_mode", "compile")
+#: what each run setting takes
+MODEL_RUN_TYPES: dict[str, Any] = {
+    "pretrained": Annotated[
+        str, ExistingPath("no such file or directory; pass a .ckpt file or a run directory")
+    ]
+    | None,
+    "monitor": NonEmptyStr,
+    "monitor_mode": Literal["min", "max"],
+    "compile": bool,
+}
 #: keys every ``_target_`` node may hold: Hydra's own
 HYDRA_KEYS = frozenset({"_target_", "_partial_", "_recursive_", "_convert_", "_args_"})
 #: arguments the run passes itself, per node: never a config key
@@ -47,8 +78,45 @@ SUPPLIED: dict[str, frozenset[str]] = {
     "model.scheduler": frozenset({"optimizer", "total_steps"}),
     "data": frozenset({"with_labels", "monitor_labels"}),  # what the model reads
 }
-#: keys that are allowed without being arguments, per node
-EXTRA: dict[str, tuple[str, ...]] = {"model": MODEL_RUN_KEYS}
+#: keys that are allowed without being arguments, per node, with what they take
+EXTRA: dict[str, dict[str, Any]] = {"model": MODEL_RUN_TYPES}
+#: keys a node must set although the callee has a default: ptft reads them itself
+REQUIRED: dict[str, dict[str, str]] = {
+    "model.optimizer": {"lr": "the base learning rate, read by ptft too (e.g. 1e-3)"},
+}
+#: top-level nodes whose every entry is a ``_target_`` node (or null: left out)
+NODE_LISTS = ("callbacks", "logger")
+#: where the classes are that validation builds once, so that their own checks of their
+#: arguments speak before the run: their constructors are cheap and write nothing
+DRY_RUN = (
+    "torch.optim.",
+    "lightning.pytorch.callbacks.",
+    "lightning.pytorch.loggers.",
+    "ptft.callbacks.",
+)
+#: library classes whose ``**kwargs`` go to another class (and the arguments they pass it
+#: themselves): the keys they take are that class's
+FORWARDED: dict[str, tuple[str, frozenset[str]]] = {
+    "lightning.pytorch.loggers.tensorboard.TensorBoardLogger": (
+        "torch.utils.tensorboard.writer.SummaryWriter",
+        frozenset({"log_dir"}),
+    ),
+}
+#: a depth that may be -1 for all of it
+OrAll = Annotated[int, Range(ge=-1)]
+#: bounds of library arguments that the library does not check when built (a bad value fails,
+#: or misbehaves, only later in the run): class -> argument -> what it takes
+LIBRARY_BOUNDS: dict[str, dict[str, Any]] = {
+    "lightning.pytorch.loggers.csv_logs.CSVLogger": {"flush_logs_every_n_steps": PositiveInt},
+    "lightning.pytorch.callbacks.progress.rich_progress.RichProgressBar": {
+        "refresh_rate": NonNegativeInt  # 0: no bar
+    },
+    "lightning.pytorch.callbacks.progress.tqdm_progress.TQDMProgressBar": {
+        "refresh_rate": NonNegativeInt
+    },
+    "lightning.pytorch.callbacks.rich_model_summary.RichModelSummary": {"max_depth": OrAll},
+    "lightning.pytorch.callbacks.model_summary.ModelSummary": {"max_depth": OrAll},
+}
 #: nodes whose ``null`` values are dropped before the call (the callee's default applies)
 NULL_DROPPED = frozenset({"model.optimizer", "model.scheduler"})
 #: top-level nodes that are not searched: Hydra's own, and the Trainer (a typed schema)
@@ -74,9 +142,10 @@ class Signature(typing.NamedTuple):
 
 
 def _hints(fn: Callable[..., Any]) -> dict[str, Any]:
-    """The evaluated annotations of ``fn``; the ones that do not evaluate are left out."""
+    """The evaluated annotations of ``fn``, bounds kept (``Annotated``); the ones that do not
+    evaluate are left out."""
     try:
-        return typing.get_type_hints(fn)
+        return typing.get_type_hints(fn, include_extras=True)
     except Exception:  # a name imported only for type checkers: evaluate one by one
         out = {}
         namespace = getattr(fn, "__globals__", {})
@@ -148,7 +217,17 @@ def signature(target: Any) -> Signature:
         if not var_kw:
             return Signature(params, hints, False)
         if _third_party(cls):
-            return Signature(params, hints, True)
+            forward = FORWARDED.get(f"{cls.__module__}.{cls.__qualname__}")
+            if forward is None:
+                return Signature(params, hints, True)
+            to, supplied = forward  # the keys are the arguments of the class they go to
+            taken = signature(locate(to))
+            for name, p in taken.params.items():
+                if name not in params and name not in supplied:
+                    params[name] = p
+                    if name in taken.hints:
+                        hints[name] = taken.hints[name]
+            return Signature(params, hints, taken.open)
     return Signature(params, hints, False)
 
 
@@ -176,6 +255,8 @@ def _plain_default(value: Any) -> Any:
 # ---------------------------------------------------------------------------- types
 def _type_name(ann: Any) -> str:
     origin = typing.get_origin(ann)
+    if origin is typing.Annotated:
+        return _type_name(typing.get_args(ann)[0])
     if origin in (typing.Union, types.UnionType):
         return " | ".join(_type_name(a) for a in typing.get_args(ann))
     if origin is typing.Literal:
@@ -272,15 +353,17 @@ def _combine(results: Any) -> bool | None:
 
 
 # ---------------------------------------------------------------------------- values
-def _lenient(node: Any) -> Any:
+def _lenient(node: Any, skip: frozenset[str] = frozenset()) -> Any:
     """A config node as plain values, each interpolation resolved where it can be already
     (``UNRESOLVED`` where not, e.g. ``${hydra:runtime.output_dir}`` before a run starts), and
-    ``MISSING`` for ``???``."""
+    ``MISSING`` for ``???``; the keys in ``skip`` (of this node) are left out, unread."""
     if isinstance(node, DictConfig):
         if node._is_none():
             return None
         out = {}
         for key in node.keys():
+            if key in skip:
+                continue
             if OmegaConf.is_missing(node, key):
                 out[key] = MISSING
                 continue
@@ -302,7 +385,7 @@ def _lenient(node: Any) -> Any:
                 out_list.append(UNRESOLVED)
         return out_list
     if isinstance(node, Mapping):
-        return {k: _lenient(v) for k, v in node.items()}
+        return {k: _lenient(v) for k, v in node.items() if k not in skip}
     if isinstance(node, list | tuple):
         return [_lenient(v) for v in node]
     return node
@@ -320,44 +403,133 @@ def _known(value: Any) -> bool:
 
 
 def _show(value: Any) -> str:
-    return "null" if value is None else str(value)
+    if value is None:
+        return "null"
+    return "''" if value == "" else str(value)
 
 
 # -------------------------------------------------------------------------- checking
 def validate(cfg: Mapping[str, Any]) -> None:
-    """Check every ``_target_`` node of a composed config (all but ``hydra`` and ``trainer``)
-    against the code it names; raise :class:`ConfigError` with one line at the first problem."""
-    values = _lenient(cfg)
-    for key, value in values.items():
-        if key not in SKIPPED:
-            _search(value, str(key))
+    """Check a composed config: its run-level settings (:func:`check_settings`) and every
+    ``_target_`` node (all but ``hydra`` and ``trainer``) against the code it names; raise
+    :class:`ConfigError` with one line at the first problem."""
+    derived: frozenset[str] = frozenset()
+    if isinstance(cfg, DictConfig):
+        check_settings(cfg)
+        derived = frozenset(_interpolated(cfg, ""))
+    # the skipped nodes are not even read: reading hydra.run.dir claims a run directory
+    # (ptft.config.resolvers.unique)
+    for key, value in _lenient(cfg, skip=SKIPPED).items():
+        if key in NODE_LISTS and isinstance(value, dict) and "_target_" not in value:
+            _check_node_list(value, str(key))
+        _search(value, str(key), derived)
 
 
-def _search(value: Any, path: str) -> None:
+def _interpolated(node: DictConfig, path: str) -> Iterator[str]:
+    """The dotted keys under ``node`` whose values are interpolations of other keys
+    (``data.input_shape: ["${data.max_length}"]``, ``model.num_classes``)."""
+    for key in node.keys():
+        if not path and key in SKIPPED:
+            continue
+        where = f"{path}.{key}" if path else str(key)
+        child = node._get_node(key)
+        if OmegaConf.is_interpolation(node, key):
+            yield where
+        elif isinstance(child, DictConfig):
+            yield from _interpolated(child, where)
+        elif isinstance(child, ListConfig) and any(
+            OmegaConf.is_interpolation(child, i) for i in range(len(child))
+        ):
+            yield where
+
+
+def check_settings(cfg: DictConfig) -> None:
+    """Check the fields of the typed schemas in ``cfg`` (the run-level settings: ``seed``,
+    ``ckpt_path``, ``trainer.*``, ``paths.*``, a study's ``tasks.*``) against the bounds their
+    annotations declare (:mod:`ptft.config.bounds`), and that none required is left ``???``.
+    Values that resolve only when the run starts (``${hydra:...}``) are left alone; ``hydra``
+    itself is not read. Values set as interpolations of others are checked last, so that a bad
+    value is named where it was set (``paths.output_dir``, not ``trainer.default_root_dir``)."""
+    _check_schema_node(cfg, "", derived=False)
+    _check_schema_node(cfg, "", derived=True)
+
+
+def _check_schema_node(node: DictConfig, path: str, derived: bool) -> None:
+    """Check the settings under ``node``: those set as interpolations when ``derived``, else
+    the others."""
+    kind = OmegaConf.get_type(node)
+    hints = annotations(kind) if dataclasses.is_dataclass(kind) else {}
+    for key in node.keys():
+        key = str(key)
+        if not path and key == "hydra":  # reading hydra.run.dir would claim a run directory
+            continue
+        where = f"{path}.{key}" if path else key
+        if OmegaConf.is_missing(node, key):
+            if key in hints:
+                raise ConfigError(f"{where} is required (it is ???): pass {where}=...")
+            continue  # a _target_ node's argument: check_node says so
+        try:
+            value = node[key]
+        except InterpolationKeyError as err:  # ${model.nosuch}: a key no config has
+            raw = node._get_node(key)._value()
+            raise ConfigError(
+                f"{where}={raw}: {str(err).splitlines()[0]}; interpolate a key the config has"
+            ) from None
+        except Exception:  # resolves only when the run starts
+            continue
+        if isinstance(value, DictConfig):
+            if not value._is_none():
+                _check_schema_node(value, where, derived)
+            continue
+        if key in hints and OmegaConf.is_interpolation(node, key) == derived:
+            plain = _lenient(value)
+            if _known(plain) and (problem := violation(plain, hints[key])):
+                raise ConfigError(f"{where}={_show(plain)}: {problem}")
+
+
+def _check_node_list(value: Mapping[str, Any], path: str) -> None:
+    """Every entry of ``callbacks`` and ``logger`` is a ``_target_`` node, or null (left out)."""
+    for key, entry in value.items():
+        if entry is not None and not (isinstance(entry, dict) and "_target_" in entry):
+            raise ConfigError(
+                f"{path}.{key}={_show(entry)}: each entry of {path} is a node with a _target_ "
+                f"(or null to leave it out); to set an argument, name it: {path}.<name>.<key>=..."
+            )
+
+
+def _search(value: Any, path: str, derived: frozenset[str] = frozenset()) -> None:
     """Check the ``_target_`` nodes in ``value`` (a node of its own, or nested deeper)."""
     if isinstance(value, dict):
         if "_target_" in value:
-            check_node(value, path)
+            check_node(value, path, derived)
             return
         for key, child in value.items():
-            _search(child, f"{path}.{key}")
+            _search(child, f"{path}.{key}", derived)
     elif isinstance(value, list):
         for i, child in enumerate(value):
-            _search(child, f"{path}[{i}]")
+            _search(child, f"{path}[{i}]", derived)
 
 
-def check_node(node: Mapping[str, Any], path: str) -> None:
-    """Check one ``_target_`` node (plain values) at the dotted ``path``, and its nested ones."""
+def check_node(node: Mapping[str, Any], path: str, derived: frozenset[str] = frozenset()) -> None:
+    """Check one ``_target_`` node (plain values) at the dotted ``path``, and its nested ones;
+    the keys in ``derived`` (interpolations of others) last, so that a bad value is named
+    where it was set (``data.max_length``, not ``data.input_shape`` that repeats it)."""
     target = node["_target_"]
     if not isinstance(target, str):  # an interpolation that resolves only when the run starts
         return
     try:
-        sig = signature(locate(target))
+        cls = locate(target)
     except ValueError as err:
         raise ConfigError(f"{path}._target_={target}: {err}") from None
+    sig = signature(cls)
     supplied = SUPPLIED.get(path, frozenset())
-    valid = sorted(({*sig.params} - supplied) | set(EXTRA.get(path, ())))
-    for key, value in node.items():
+    extra = EXTRA.get(path, {})
+    library_bounds = LIBRARY_BOUNDS.get(f"{getattr(cls, '__module__', '')}.{_name(cls)}", {})
+    valid = sorted(({*sig.params} - supplied) | set(extra))
+    for key, why in REQUIRED.get(path, {}).items():
+        if node.get(key) is None:
+            raise ConfigError(f"{path}.{key} is not set: give {why}")
+    for key, value in sorted(node.items(), key=lambda item: f"{path}.{item[0]}" in derived):
         key = str(key)
         if key in HYDRA_KEYS:
             continue
@@ -370,19 +542,29 @@ def check_node(node: Mapping[str, Any], path: str) -> None:
             raise ConfigError(
                 f"{where}: ptft passes it itself, not the config; valid keys: {', '.join(valid)}"
             )
-        if key not in valid:
+        if key in extra:
+            check_value(value, extra[key], where)
+        elif key not in valid:
             if not sig.open:
                 raise ConfigError(
                     f"{where}: {target} takes no such argument; valid keys: {', '.join(valid)}"
                 )
         else:
             check_value(value, sig.hints.get(key, inspect.Parameter.empty), where)
-        _search(value, where)
+            if key in library_bounds:
+                check_value(value, library_bounds[key], where)
+        _search(value, where, derived)
+    if isinstance(cls, type) and cls.__module__.startswith(DRY_RUN):
+        _dry_run(cls, node, path)
+
+
+def _name(target: Any) -> str:
+    return getattr(target, "__qualname__", getattr(target, "__name__", ""))
 
 
 def check_value(value: Any, ann: Any, where: str) -> None:
-    """Raise :class:`ConfigError` when ``value`` (at ``where``) does not fit ``ann``; a
-    ``TypedDict`` in ``ann`` checks the keys and values of a plain dict."""
+    """Raise :class:`ConfigError` when ``value`` (at ``where``) does not fit ``ann`` or a bound
+    it declares; a ``TypedDict`` in ``ann`` checks the keys and values of a plain dict."""
     if not _known(value):
         if isinstance(value, dict):
             for td in _typeddicts(ann):
@@ -392,6 +574,8 @@ def check_value(value: Any, ann: Any, where: str) -> None:
         raise ConfigError(
             f"{where}={_show(value)}: expected {_type_name(ann)}, got {_value_type(value)}"
         )
+    if problem := violation(value, ann):
+        raise ConfigError(f"{where}={_show(value)}: {problem}")
     if isinstance(value, dict) and "_target_" not in value:
         for td in _typeddicts(ann):
             _check_typeddict(value, td, where)
@@ -407,7 +591,7 @@ def _typeddicts(ann: Any) -> list[type]:
 
 
 def _check_typeddict(value: Mapping[str, Any], td: type, where: str) -> None:
-    hints = typing.get_type_hints(td)
+    hints = typing.get_type_hints(td, include_extras=True)
     for key, item in value.items():
         if key not in hints:
             raise ConfigError(
@@ -416,3 +600,48 @@ def _check_typeddict(value: Mapping[str, Any], td: type, where: str) -> None:
         if item is MISSING:
             raise ConfigError(f"{where}.{key} has no value (???): set it, e.g. {where}.{key}=...")
         check_value(item, hints[key], f"{where}.{key}")
+
+
+def _dry_run(cls: type, node: Mapping[str, Any], path: str) -> None:
+    """Build a library's class (:data:`DRY_RUN`) once with the node's known values, and report
+    its refusal as one line against the key that causes it: the key without which it builds
+    (the node, when no single key does). Skipped while a required argument is not known yet
+    (a path that resolves when the run starts)."""
+    kwargs = {
+        str(k): v
+        for k, v in node.items()
+        if k not in HYDRA_KEYS
+        and _known(v)
+        and not (path in NULL_DROPPED and v is None)
+        and not (isinstance(v, dict) and "_target_" in v)
+    }
+    torch = sys.modules.get("torch")
+    optimizer = torch is not None and issubclass(cls, torch.optim.Optimizer)
+    params, _ = _keyword_params(cls.__init__, skip_first=True)
+    required = [p.name for p in params if p.default is inspect.Parameter.empty]
+    if any(name not in kwargs for name in required[1 if optimizer else 0 :]):
+        return
+
+    def failure(arguments: dict[str, Any]) -> Exception | None:
+        """The library's refusal of ``arguments``, or None when it builds."""
+        try:
+            if optimizer:  # one dummy parameter: what an optimizer checks needs no model
+                cls([torch.nn.Parameter(torch.zeros(1))], **arguments)
+            else:
+                cls(**arguments)
+        except Exception as err:  # noqa: BLE001 -- the library's own check
+            return err
+        return None
+
+    error = failure(kwargs)
+    if error is None:
+        return
+    reason = " ".join(str(error).split()) or type(error).__name__
+    for key, value in kwargs.items():
+        if failure({k: v for k, v in kwargs.items() if k != key}) is None:
+            if isinstance(error, ConfigError) and f"{path}.{key}" in reason:
+                raise ConfigError(reason)  # ptft's own words, naming the key already
+            raise ConfigError(
+                f"{path}.{key}={_show(value)}: {reason} ({node['_target_']} refuses it)"
+            )
+    raise ConfigError(f"{path}: {reason} ({node['_target_']} refuses these values)")

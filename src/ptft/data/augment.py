@@ -15,19 +15,21 @@ from typing import TypedDict
 import torch
 from torch import nn
 
+from ptft.config.bounds import Fraction, NonNegativeFloat, PositiveFloat, Probability
+
 
 class AugmentConfig(TypedDict, total=False):
     """``model.augment``: keyword arguments of :class:`Augment` (its defaults apply to the
     others)."""
 
-    degrees: float
-    translate: float
-    scale: tuple[float, float]
-    shear: float
-    noise_std: float
-    erase_p: float
-    erase_scale: tuple[float, float]
-    p: float
+    degrees: NonNegativeFloat
+    translate: Probability
+    scale: tuple[PositiveFloat, PositiveFloat]
+    shear: NonNegativeFloat
+    noise_std: NonNegativeFloat
+    erase_p: Probability
+    erase_scale: tuple[Fraction, Fraction]
+    p: Probability
 
 
 class Augment(nn.Module):

@@ -18,6 +18,7 @@ import os
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from ptft.config.bounds import NonEmptyStr
 from ptft.data.pydoc_corpus import SPLITS, split_of, texts_hash
 from ptft.data.text import TokenBlocksDataModule
 from ptft.errors import ConfigError
@@ -44,12 +45,12 @@ class HFTextDataModule(TokenBlocksDataModule):
 
     def __init__(
         self,
-        path: str,
-        cache_dir: str,
+        path: NonEmptyStr,
+        cache_dir: NonEmptyStr,
         input_shape: Sequence[int],
         name: str | None = None,
         data_files: str | Sequence[str] | Mapping[str, Any] | None = None,
-        text_column: str = "text",
+        text_column: NonEmptyStr = "text",
         splits: Mapping[str, str] | None = None,
         **kwargs: Any,
     ) -> None:
@@ -81,6 +82,8 @@ class HFTextDataModule(TokenBlocksDataModule):
                 self.name,
                 data_files=_expand(self.data_files),
                 cache_dir=str(self.cache_dir / "hf"),
+                # never a data set's loading script (datasets < 3 ran them by default)
+                trust_remote_code=False,
             )
         except Exception as e:  # network, missing file, unknown name: datasets raises many types
             first_line = (str(e).splitlines() or [""])[0]

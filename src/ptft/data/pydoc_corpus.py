@@ -24,7 +24,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from ptft.errors import ConfigError
-from ptft.files import write_atomic
+from ptft.files import locked, write_atomic
 
 #: bumped whenever the extraction rules change, so old caches are not reused
 FORMAT_VERSION = 1
@@ -296,7 +296,22 @@ def load_records(
     cached = _read_cache(records_path, manifest_path)
     if cached is not None:
         return cached
+    # of two processes that build the corpus at once, one parses; the other waits and reads it
+    with locked(cache_dir / stem):
+        cached = _read_cache(records_path, manifest_path)
+        if cached is not None:
+            return cached
+        return _build_records(root, files, records_path, manifest_path, version, source_hash)
 
+
+def _build_records(
+    root: Path,
+    files: list[str],
+    records_path: Path,
+    manifest_path: Path,
+    version: str,
+    source_hash: str,
+) -> tuple[list[DocRecord], dict]:
     records = extract_all(root, files)
     if not records:
         raise ConfigError(f"no docstrings found under {root}; pass the standard library directory")
@@ -310,8 +325,8 @@ def load_records(
         "num_records": len(records),
         "num_chars": sum(len(r.text) for r in records),
     }
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    # written then renamed, so a concurrent reader (another rank) never sees a partial file
+    # written then renamed, so a concurrent reader (another rank) never sees a partial file;
+    # the manifest, last, holds the records' hash: a reader checks one against the other
     write_atomic(records_path, data)
     write_atomic(manifest_path, json.dumps(stored, indent=2).encode())
     return records, stored

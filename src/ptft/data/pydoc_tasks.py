@@ -23,11 +23,19 @@ from tokenizers import Tokenizer
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
+from ptft.config.bounds import (
+    Fraction,
+    NonEmptyStr,
+    NonNegativeInt,
+    PositiveInt,
+    Seed,
+    check_arguments,
+)
 from ptft.data.images import label_subset
 from ptft.data.loaders import SplitLoaders
 from ptft.data.masking import IGNORE_INDEX
 from ptft.data.pydoc_corpus import SPLITS, PydocCorpus, build_corpus, name_task, package_task
-from ptft.data.text import cached_tokenizer, given_tokenizer
+from ptft.data.text import HeldOut, TokenizerPath, cached_tokenizer, given_tokenizer
 from ptft.data.tokenizer import (
     EOS_ID,
     MIN_VOCAB_SIZE,
@@ -125,21 +133,22 @@ class PydocLabelledDataModule(SplitLoaders):
 
     def __init__(
         self,
-        cache_dir: str,
-        input_shape: Sequence[int],
-        vocab_size: int = 8192,
-        max_length: int = 128,
-        tokenizer: str | None = None,
-        batch_size: int = 32,
-        eval_batch_size: int = 128,
-        num_workers: int = 0,
-        split_seed: int = 0,
-        val_fraction: float = 0.05,
-        test_fraction: float = 0.05,
-        label_fraction: float = 1.0,
-        subset_seed: int = 0,
+        cache_dir: NonEmptyStr,
+        input_shape: Sequence[PositiveInt],
+        vocab_size: PositiveInt = 8192,
+        max_length: PositiveInt = 128,
+        tokenizer: TokenizerPath | None = None,
+        batch_size: PositiveInt = 32,
+        eval_batch_size: PositiveInt = 128,
+        num_workers: NonNegativeInt = 0,
+        split_seed: Seed = 0,
+        val_fraction: HeldOut = 0.05,
+        test_fraction: HeldOut = 0.05,
+        label_fraction: Fraction = 1.0,
+        subset_seed: Seed = 0,
         with_labels: bool = True,
     ) -> None:
+        check_arguments(PydocLabelledDataModule.__init__, "data", locals())
         super().__init__()
         if list(input_shape) != [max_length]:
             raise ConfigError(
@@ -216,7 +225,7 @@ class PydocLabelledDataModule(SplitLoaders):
         return DataLoader(
             dataset,
             batch_size=self.batch_size if train else self.eval_batch_size,
-            shuffle=train,
+            **self.sampling(dataset, train),  # a training order a resumed run takes up
             collate_fn=dataset.collate,  # type: ignore[attr-defined]
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
@@ -233,7 +242,7 @@ class PydocPackageDataModule(PydocLabelledDataModule):
     ``label_names`` (index order) is written to ``cache_dir`` and into every checkpoint.
     """
 
-    def __init__(self, *args, num_classes: int = 10, **kwargs) -> None:
+    def __init__(self, *args, num_classes: PositiveInt = 10, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.num_classes = num_classes
         self.label_names: list[str] = []
@@ -249,7 +258,7 @@ class PydocPackageDataModule(PydocLabelledDataModule):
         for split, pairs in examples.items():
             ids = [frame_text(tokenizer, text, self.max_length) for text, _ in pairs]
             labels = np.array([y for _, y in pairs])
-            if split == "train":
+            if split == "train":  # stratified, with at least one docstring of every package
                 keep = label_subset(labels, self.label_fraction, self.subset_seed)
                 ids, labels = [ids[i] for i in keep], labels[keep]
             datasets[split] = ClassificationExamples(ids, labels.tolist())

@@ -19,9 +19,19 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Annotated
 
 from tokenizers import Tokenizer
 
+from ptft.config.bounds import (
+    ExistingPath,
+    NonEmptyStr,
+    NonNegativeInt,
+    PositiveInt,
+    Range,
+    Seed,
+    check_arguments,
+)
 from ptft.data.loaders import SplitLoaders
 from ptft.data.pydoc_corpus import SPLITS, PydocCorpus, build_corpus, texts_hash
 from ptft.data.token_cache import PackedBlocks, TokenFile, build_token_file
@@ -33,7 +43,18 @@ from ptft.data.tokenizer import (
     train_tokenizer,
 )
 from ptft.errors import ConfigError
-from ptft.files import write_atomic
+from ptft.files import locked, write_atomic
+
+#: ``data.tokenizer``: a file to read, so it must exist
+TokenizerPath = Annotated[
+    str,
+    ExistingPath(
+        "no such file; pass the path of a tokenizer.json (or its folder), "
+        "or data.tokenizer=null to train one"
+    ),
+]
+#: a share of the documents held out for validation or test
+HeldOut = Annotated[float, Range(ge=0, lt=1)]
 
 
 def _trained_dir(cache_dir: Path, train_hash: str, vocab_size: int, seed: int) -> Path:
@@ -44,10 +65,17 @@ def trained_tokenizer(
     cache_dir: Path, train_texts: Sequence[str], vocab_size: int, seed: int
 ) -> Path:
     """Path of a ``tokenizer.json`` trained on ``train_texts``, trained and saved if missing."""
-    path = _trained_dir(cache_dir, texts_hash(train_texts), vocab_size, seed) / TOKENIZER_FILE
-    if not path.is_file():
-        tokenizer = train_tokenizer(train_texts, vocab_size)
-        write_atomic(path, tokenizer.to_str(pretty=True).encode())  # as Tokenizer.save writes it
+    directory = _trained_dir(cache_dir, texts_hash(train_texts), vocab_size, seed)
+    path = directory / TOKENIZER_FILE
+    if path.is_file():
+        return path
+    # of two processes that need it at once, one trains; the other waits and reads its file
+    # (the token files are keyed by the tokenizer's hash: both must encode with the same one)
+    with locked(directory):
+        if not path.is_file():
+            tokenizer = train_tokenizer(train_texts, vocab_size)
+            # as Tokenizer.save writes it
+            write_atomic(path, tokenizer.to_str(pretty=True).encode())
     return path
 
 
@@ -103,19 +131,20 @@ class TokenBlocksDataModule(SplitLoaders):
 
     def __init__(
         self,
-        cache_dir: str,
-        input_shape: Sequence[int],
-        vocab_size: int = 8192,
-        block_size: int = 128,
-        batch_size: int = 32,
-        eval_batch_size: int = 64,
-        num_workers: int = 0,
-        split_seed: int = 0,
-        val_fraction: float = 0.05,
-        test_fraction: float = 0.05,
-        tokenizer: str | None = None,
+        cache_dir: NonEmptyStr,
+        input_shape: Sequence[PositiveInt],
+        vocab_size: PositiveInt = 8192,
+        block_size: PositiveInt = 128,
+        batch_size: PositiveInt = 32,
+        eval_batch_size: PositiveInt = 64,
+        num_workers: NonNegativeInt = 0,
+        split_seed: Seed = 0,
+        val_fraction: HeldOut = 0.05,
+        test_fraction: HeldOut = 0.05,
+        tokenizer: TokenizerPath | None = None,
         with_labels: bool = False,
     ) -> None:
+        check_arguments(TokenBlocksDataModule.__init__, "data", locals())
         super().__init__()
         if list(input_shape) != [block_size]:
             raise ConfigError(

@@ -19,6 +19,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from ptft.config.bounds import NonEmptyStr
 from ptft.data.pydoc_corpus import SPLITS, split_of, texts_hash
 from ptft.data.text import TokenBlocksDataModule
 from ptft.errors import ConfigError
@@ -103,8 +104,8 @@ class TextFilesDataModule(TokenBlocksDataModule):
 
     def __init__(
         self,
-        files: str,
-        cache_dir: str,
+        files: NonEmptyStr,
+        cache_dir: NonEmptyStr,
         input_shape: Sequence[int],
         split_paragraphs: bool = False,
         **kwargs: Any,

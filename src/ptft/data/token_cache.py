@@ -22,7 +22,7 @@ from torch.utils.data import Dataset
 from ptft.data.pydoc_corpus import texts_hash
 from ptft.data.tokenizer import EOS_ID, load_tokenizer, tokenizer_hash
 from ptft.errors import ConfigError
-from ptft.files import atomic_path, write_atomic
+from ptft.files import atomic_path, locked, write_atomic
 
 
 @dataclass(frozen=True)
@@ -83,7 +83,26 @@ def build_token_file(
         raise ConfigError(
             f"the {split} split has no texts to tokenize; check the corpus and its split fractions"
         )
+    # of two processes that build the same file at once, one tokenizes; the other waits and
+    # reads it
+    with locked(directory / stem):
+        cached = _read_meta(meta_path, bin_path)
+        if cached is not None:
+            return cached
+        return _write_token_file(
+            tokenizer, texts, bin_path, meta_path, tok_hash, txt_hash, batch_size
+        )
 
+
+def _write_token_file(
+    tokenizer: Tokenizer,
+    texts: Sequence[str],
+    bin_path: Path,
+    meta_path: Path,
+    tok_hash: str,
+    txt_hash: str,
+    batch_size: int,
+) -> TokenFile:
     dtype = token_dtype(tokenizer.get_vocab_size())
     num_tokens = 0
     # renamed into place when written, so readers never see a partial file

@@ -6,8 +6,11 @@ give a one-line error that says what to install or where to put the files.
 
 from __future__ import annotations
 
+from typing import Literal
+
 import numpy as np
 
+from ptft.config.bounds import NonEmptyStr
 from ptft.data.images import ImageDataModule
 from ptft.errors import ConfigError
 
@@ -17,7 +20,13 @@ _DATASETS = {"mnist": ("MNIST", (1, 28, 28), 10), "cifar10": ("CIFAR10", (3, 32,
 class TorchvisionDataModule(ImageDataModule):
     """``name`` in {mnist, cifar10}; the official test split, validation drawn from train."""
 
-    def __init__(self, name: str, root: str, download: bool = False, **kwargs) -> None:
+    def __init__(
+        self,
+        name: Literal["mnist", "cifar10"],
+        root: NonEmptyStr,
+        download: bool = False,
+        **kwargs,
+    ) -> None:
         if name not in _DATASETS:
             raise ConfigError(f"data.name='{name}' is not one of {sorted(_DATASETS)}")
         _, shape, classes = _DATASETS[name]

@@ -67,7 +67,10 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     """Test ``cfg.ckpt_path`` and write the report into ``cfg.paths.output_dir``; returns the
     scalars."""
     L.seed_everything(cfg.seed, workers=True, verbose=False)
-    module, record = load_run(cfg.ckpt_path)
+    own_model = plain(cfg.model) if cfg.get("model") else None
+    module, record = load_run(
+        cfg.ckpt_path, own_model, plain(cfg.data) if cfg.get("data") else None
+    )
     out_dir = Path(cfg.paths.output_dir)
     tokenizer = record.get("tokenizer")
     data_cfg = plain(cfg.data) if cfg.get("data") else record["data"]

@@ -49,6 +49,14 @@ class BackboneModule(L.LightningModule):
         scheduler: Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__()
+        lr = optimizer.get("lr")
+        # configure_optimizers reads the base rate itself (layer-wise rates, scaling): a bad one
+        # would fail only when the fit starts, in torch's words
+        if not (isinstance(lr, int | float) and not isinstance(lr, bool) and lr >= 0):
+            raise ConfigError(
+                f"model.optimizer.lr={'null' if lr is None else lr}: the learning rate must be a "
+                "number >= 0; give e.g. model.optimizer.lr=1e-3"
+            )
         self.backbone_config = dict(backbone)
         self.input_shape = tuple(input_shape)
         self.optimizer_config = dict(optimizer)

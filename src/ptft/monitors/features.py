@@ -30,6 +30,7 @@ from torch import Tensor, nn
 from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 
+from ptft.config.bounds import PositiveFloat, PositiveInt
 from ptft.data.protocol import LabelledTrainData
 from ptft.errors import ConfigError
 from ptft.monitors.knn import knn_predict
@@ -41,8 +42,8 @@ class KNNConfig(TypedDict, total=False):
     """``model.knn``: ``k`` neighbours vote, each with weight ``exp(similarity / temperature)``
     (None: one vote each). The defaults are :func:`_check_knn`'s."""
 
-    k: int
-    temperature: float | None
+    k: PositiveInt
+    temperature: PositiveFloat | None
 
 
 class OnlineProbeConfig(TypedDict, total=False):
@@ -50,7 +51,7 @@ class OnlineProbeConfig(TypedDict, total=False):
     default is :class:`FeatureMonitor`'s)."""
 
     enabled: bool
-    lr: float
+    lr: PositiveFloat
 
 
 STAGES = ("val", "test")

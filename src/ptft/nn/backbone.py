@@ -31,7 +31,10 @@ def build_backbone(config: Mapping[str, Any], input_shape: Sequence[int]) -> Bac
     if "_target_" not in config:
         raise ValueError("backbone config has no _target_; e.g. model/backbone=cnn")
     cls = locate(config["_target_"])
+    # checked before the call: only a backbone class is ever called with the config's arguments
+    if not (isinstance(cls, type) and issubclass(cls, Backbone)):
+        raise TypeError(f"{config['_target_']} is not a ptft.nn.backbone.Backbone")
     backbone = cls(input_shape=tuple(input_shape), **kwargs)
-    if not isinstance(backbone, Backbone):
+    if not isinstance(backbone, Backbone):  # a metaclass or __new__ can return anything
         raise TypeError(f"{config['_target_']} is not a ptft.nn.backbone.Backbone")
     return backbone

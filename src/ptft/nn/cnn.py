@@ -12,6 +12,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from ptft.config.bounds import PositiveInt, Probability
 from ptft.nn.backbone import Backbone
 
 
@@ -29,8 +30,8 @@ class CNN(Backbone):
     def __init__(
         self,
         input_shape: Sequence[int],
-        channels: Sequence[int] = (32, 64, 128),
-        dropout: float = 0.0,
+        channels: Sequence[PositiveInt] = (32, 64, 128),
+        dropout: Probability = 0.0,
     ) -> None:
         super().__init__()
         if len(input_shape) != 3:

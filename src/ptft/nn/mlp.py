@@ -8,6 +8,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from ptft.config.bounds import PositiveInt, Probability
 from ptft.nn.backbone import Backbone
 
 
@@ -17,8 +18,8 @@ class MLP(Backbone):
     def __init__(
         self,
         input_shape: Sequence[int],
-        hidden_dims: Sequence[int] = (256, 256),
-        dropout: float = 0.0,
+        hidden_dims: Sequence[PositiveInt] = (256, 256),
+        dropout: Probability = 0.0,
     ) -> None:
         super().__init__()
         if not hidden_dims:

@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Literal
 
 import torch
 from torch import Tensor, nn
 
+from ptft.config.bounds import NonNegativeInt, PositiveFloat, PositiveInt, Probability
 from ptft.nn.attention import KV, SelfAttention
 from ptft.nn.backbone import Backbone
 from ptft.nn.positions import Rotary, sinusoidal
@@ -74,16 +76,16 @@ class Transformer(Backbone):
     def __init__(
         self,
         input_shape: Sequence[int],
-        vocab_size: int,
-        dim: int = 256,
-        num_layers: int = 4,
-        num_heads: int = 4,
-        mlp_ratio: float = 4,
-        dropout: float = 0.1,
-        max_positions: int = 512,
-        positions: str = "sinusoidal",
+        vocab_size: PositiveInt,
+        dim: PositiveInt = 256,
+        num_layers: PositiveInt = 4,
+        num_heads: PositiveInt = 4,
+        mlp_ratio: PositiveFloat = 4,
+        dropout: Probability = 0.1,
+        max_positions: PositiveInt = 512,
+        positions: Literal["sinusoidal", "learned", "rope"] = "sinusoidal",
         causal: bool = True,
-        pad_token_id: int | None = 0,
+        pad_token_id: NonNegativeInt | None = 0,
     ) -> None:
         super().__init__()
         if len(input_shape) != 1 or not 1 <= input_shape[0] <= max_positions:

@@ -12,6 +12,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from ptft.config.bounds import NonNegativeInt, PositiveInt, check_arguments
 from ptft.modules.backbone_module import BackboneModule
 from ptft.monitors.features import FeatureMonitor, KNNConfig, MonitoredObjective, OnlineProbeConfig
 from ptft.monitors.images import image_grid, log_image
@@ -27,12 +28,13 @@ class Autoencoder(MonitoredObjective, BackboneModule):
         input_shape: Sequence[int],
         optimizer: Mapping[str, Any],
         scheduler: Mapping[str, Any] | None = None,
-        decoder_hidden_dims: Sequence[int] = (256,),
-        num_logged_images: int = 32,
-        num_classes: int | None = None,
+        decoder_hidden_dims: Sequence[PositiveInt] = (256,),
+        num_logged_images: NonNegativeInt = 32,
+        num_classes: PositiveInt | None = None,
         knn: KNNConfig | None = None,
         online_probe: OnlineProbeConfig | None = None,
     ) -> None:
+        check_arguments(Autoencoder.__init__, "model", locals())
         super().__init__(backbone, input_shape, optimizer, scheduler)
         self.save_hyperparameters()
         self.decoder = ImageDecoder(self.backbone.out_dim, self.input_shape, decoder_hidden_dims)

@@ -13,6 +13,7 @@ from typing import Any
 from tokenizers import Tokenizer
 from torch import Tensor
 
+from ptft.config.bounds import NonNegativeInt, check_arguments
 from ptft.data.tokenizer import EOS_ID, load_tokenizer
 from ptft.modules.language_model import LanguageModel
 from ptft.nn.decoding import generate
@@ -31,8 +32,9 @@ class CausalLM(LanguageModel):
         optimizer: Mapping[str, Any],
         scheduler: Mapping[str, Any] | None = None,
         sample_prompts: Sequence[str] = ("Return the", "This module"),
-        sample_tokens: int = 32,
+        sample_tokens: NonNegativeInt = 32,
     ) -> None:
+        check_arguments(CausalLM.__init__, "model", locals())
         super().__init__(backbone, input_shape, optimizer, scheduler)
         self.save_hyperparameters()
         self.sample_prompts = list(sample_prompts)

@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 
+from ptft.config.bounds import PositiveFloat, PositiveInt, check_arguments
 from ptft.data.augment import Augment, AugmentConfig
 from ptft.modules.backbone_module import BackboneModule
 from ptft.monitors.features import FeatureMonitor, KNNConfig, MonitoredObjective, OnlineProbeConfig
@@ -31,14 +32,16 @@ class SimCLR(MonitoredObjective, BackboneModule):
         input_shape: Sequence[int],
         optimizer: Mapping[str, Any],
         scheduler: Mapping[str, Any] | None = None,
-        temperature: float = 0.2,
-        projection_hidden_dim: int = 256,
-        projection_dim: int = 64,
+        temperature: PositiveFloat = 0.2,
+        projection_hidden_dim: PositiveInt = 256,
+        projection_dim: PositiveInt = 64,
         augment: AugmentConfig | None = None,
-        num_classes: int | None = None,
+        num_classes: PositiveInt | None = None,
         knn: KNNConfig | None = None,
         online_probe: OnlineProbeConfig | None = None,
     ) -> None:
+        # NT-Xent divides by the temperature: a bad one would fail only at the first loss
+        check_arguments(SimCLR.__init__, "model", locals())
         super().__init__(backbone, input_shape, optimizer, scheduler)
         self.save_hyperparameters()
         self.temperature = temperature

@@ -11,9 +11,11 @@ from collections.abc import Mapping
 from typing import Any
 
 import lightning as L
+from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import Callback, LearningRateMonitor
 from lightning.pytorch.loggers import Logger
+from lightning.pytorch.plugins.io import CheckpointIO
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from omegaconf import DictConfig, OmegaConf
 
@@ -23,6 +25,7 @@ from ptft.data.protocol import LabelledTrainData
 from ptft.errors import ConfigError
 from ptft.handoff import Pretrained, load_backbone, read_pretrained
 from ptft.modules.backbone_module import BackboneModule
+from ptft.runs.checkpoint_io import AtomicCheckpointIO
 from ptft.runs.distributed import batchnorm_sync, resolve_strategy
 
 log = logging.getLogger(__name__)
@@ -49,7 +52,7 @@ def build_model(
         # and the handoff's record), so that it rebuilds the same whatever later code defaults to
         kwargs["backbone"] = with_defaults(kwargs["backbone"], SUPPLIED["model.backbone"])
     if pretrained is None and pretrained_path:
-        pretrained = read_pretrained(pretrained_path)
+        pretrained = read_pretrained(pretrained_path, kwargs.get("backbone"))
     if pretrained is None:
         model = cls(**kwargs)
     else:
@@ -65,6 +68,15 @@ def _from_pretrained(
     cls: type[BackboneModule], kwargs: dict[str, Any], pretrained: Pretrained
 ) -> BackboneModule:
     """The model with the checkpoint's backbone architecture and weights."""
+    data_shape = list(kwargs.get("input_shape") or [])
+    if len(pretrained.input_shape) != len(data_shape):  # a text backbone and images, or back
+        raise ConfigError(
+            f"model.pretrained={pretrained.path} holds a backbone pretrained on "
+            f"{_input_kind(pretrained.input_shape)}, but this run's data are "
+            f"{_input_kind(data_shape)}: a backbone reads only the kind of input it was "
+            "pretrained on; fine-tune it on data of that kind, or pretrain on this data first "
+            "(images: experiment=digits_simclr; text: experiment=pydoc_gpt)"
+        )
     if pretrained.config != kwargs.get("backbone"):
         log.info(
             "backbone architecture from %s: %s (model.backbone is ignored)",
@@ -78,6 +90,11 @@ def _from_pretrained(
         raise ConfigError(f"model.pretrained={pretrained.path}: {err}") from err
     load_backbone(model, pretrained)
     return model
+
+
+def _input_kind(shape: list[int]) -> str:
+    kinds = {1: "token sequences", 3: "images"}
+    return f"{kinds.get(len(shape), 'inputs')} (input_shape {list(shape)})"
 
 
 def build_datamodule(
@@ -113,18 +130,37 @@ def build_callbacks(cfg: DictConfig, has_logger: bool) -> list[Callback]:
 
 def build_trainer(cfg: DictConfig, extra_callbacks: list[Callback] = ()) -> L.Trainer:
     """The Trainer of ``cfg.trainer``; a strategy that re-runs the script re-runs it the Hydra way
-    (:mod:`ptft.runs.distributed`), and the Trainer's own errors about its arguments become one
+    (:mod:`ptft.runs.distributed`), checkpoints are written atomically
+    (:class:`~ptft.runs.checkpoint_io.AtomicCheckpointIO`, unless ``trainer.plugins`` brings a
+    checkpoint IO of its own), and the Trainer's own errors about its arguments become one
     line."""
     loggers = build_loggers(cfg)
     callbacks = build_callbacks(cfg, bool(loggers)) + list(extra_callbacks)
-    strategy = resolve_strategy(cfg.trainer.get("strategy", "auto"))
+    strategy = resolve_strategy(cfg.trainer.get("strategy", "auto"), cfg.trainer)
+    extra = batchnorm_sync(cfg.trainer)
+    plugins = trainer_plugins(cfg.trainer.get("plugins")) + list(extra.pop("plugins", []))
+    if not any(isinstance(p, CheckpointIO) for p in plugins):
+        plugins.append(AtomicCheckpointIO())
     try:
         return instantiate(
             cfg.trainer,
             callbacks=callbacks,
             logger=loggers or False,
             strategy=strategy,
-            **batchnorm_sync(cfg.trainer),
+            plugins=plugins,
+            **extra,
         )
-    except (ValueError, MisconfigurationException) as err:
-        raise ConfigError(f"trainer: {err}") from err
+    except (ValueError, TypeError, MisconfigurationException, InstantiationException) as err:
+        # Hydra wraps the Trainer's own error ("Error in call to target ..."): say that one
+        cause = err.__cause__ if isinstance(err, InstantiationException) and err.__cause__ else err
+        raise ConfigError(f"trainer: {' '.join(str(cause).split())}") from err
+
+
+def trainer_plugins(configured: Any) -> list[Any]:
+    """``trainer.plugins`` as a list of plugins (a plugin's name, or a node with a ``_target_``)."""
+    if configured is None:
+        return []
+    built = instantiate(configured)
+    if isinstance(built, (list, tuple)) or OmegaConf.is_list(built):
+        return list(built)
+    return [built]

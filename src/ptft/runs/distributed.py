@@ -199,34 +199,176 @@ def _relaunching(cls: type) -> type:
     )
 
 
-def resolve_strategy(strategy: Any) -> Any:
-    """``trainer.strategy`` as the Trainer should get it: a registered name whose strategy
-    re-runs the script (``ddp``, ``fsdp``, ``deepspeed_stage_2``…) becomes that strategy with
-    :class:`HydraScriptLauncher`; anything else is returned as it is."""
+def available_cores() -> int:
+    """The CPU cores this process may run on (its affinity: a container's or a SLURM task's
+    share), else the machine's."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS, Windows
+        return os.cpu_count() or 1
+
+
+def _accelerator_kind(accelerator: Any) -> str | None:
+    """``cpu`` or ``cuda``: what ``trainer.accelerator`` runs on here (``auto`` as Lightning
+    chooses it); None for the others (MPS: one device; TPUs; an Accelerator object) and for
+    GPUs on a machine without any (Lightning says that they are not available)."""
+    if not isinstance(accelerator, str):
+        return None
+    name = accelerator.lower()
+    if name in ("gpu", "cuda", "auto") and torch.cuda.is_available():
+        return "cuda"
+    if name == "auto" and not torch.backends.mps.is_available():
+        return "cpu"
+    return "cpu" if name == "cpu" else None
+
+
+def _requested(kind: str, devices: Any) -> tuple[int, int | None] | None:
+    """How many devices ``trainer.devices`` asks for and the highest GPU index it names (None
+    when it names none), as Lightning reads it; None for a value Lightning refuses itself."""
+    if isinstance(devices, str):
+        text = devices.strip()
+        if text == "auto":
+            return (1 if kind == "cpu" else torch.cuda.device_count()), None
+        try:
+            devices = [int(x) for x in text.split(",") if x.strip()] if "," in text else int(text)
+        except ValueError:
+            return None
+    if isinstance(devices, bool):
+        return None
+    if isinstance(devices, int):
+        if devices == -1 and kind == "cuda":
+            return torch.cuda.device_count(), None
+        return (devices, None) if devices > 0 else None
+    if isinstance(devices, Sequence) and devices and all(isinstance(d, int) for d in devices):
+        return len(devices), max(devices)
+    return None
+
+
+def _external_processes() -> bool:
+    """Whether the processes of the run exist already (SLURM tasks, torchrun): nothing is
+    started here, and this process sees its own share of the machine only."""
+    from lightning.fabric.plugins.environments import TorchElasticEnvironment
+
+    return (
+        is_relaunched_worker()
+        or TorchElasticEnvironment.detect()
+        or (int(os.environ.get("SLURM_NTASKS", "1") or 1) > 1)
+    )
+
+
+def check_devices(trainer_cfg: Mapping[str, Any]) -> None:
+    """Refuse, in one line, more CPU processes than this machine has cores and more GPUs than
+    it has: ``trainer.devices=64`` on 2 cores would start 63 processes that starve each other
+    (or wait for ever for a peer)."""
+    devices = trainer_cfg.get("devices", "auto")
+    kind = _accelerator_kind(trainer_cfg.get("accelerator", "auto"))
+    asked = _requested(kind, devices) if kind else None
+    if asked is None:
+        return  # not a count ptft can check; Lightning says what is wrong with it
+    count, top = asked
+    if kind == "cpu":
+        cores = available_cores()
+        if count > cores and not _external_processes():
+            raise ConfigError(
+                f"trainer.devices={devices} starts {count} CPU processes, more than the {cores} "
+                f"cores this machine gives the run; set trainer.devices to at most {cores}"
+            )
+        return
+    gpus = torch.cuda.device_count()
+    if gpus and (count > gpus or (top is not None and top >= gpus)):
+        raise ConfigError(
+            f"trainer.devices={devices} asks for more GPUs than the {gpus} this machine has "
+            f"(indices 0..{gpus - 1}); set trainer.devices to at most {gpus}, or -1 for all"
+        )
+
+
+def num_processes(trainer_cfg: Mapping[str, Any]) -> int:
+    """The processes a run of ``trainer_cfg`` spans (devices × nodes; 1 when it cannot say)."""
+    kind = _accelerator_kind(trainer_cfg.get("accelerator", "auto"))
+    asked = _requested(kind, trainer_cfg.get("devices", "auto")) if kind else None
+    nodes = trainer_cfg.get("num_nodes", 1)
+    nodes = nodes if isinstance(nodes, int) and not isinstance(nodes, bool) and nodes > 0 else 1
+    return (asked[0] if asked else 1) * nodes
+
+
+def _interactive() -> bool:
+    """A Python prompt or notebook, where Lightning's ``auto`` forks (``ddp_fork``) instead of
+    re-running a script."""
+    return hasattr(sys, "ps1") or bool(sys.flags.interactive)
+
+
+def resolve_strategy(strategy: Any, trainer_cfg: Mapping[str, Any] | None = None) -> Any:
+    """``trainer.strategy`` as the Trainer should get it: every strategy that re-runs the script
+    runs it the Hydra way, with :class:`HydraScriptLauncher`:
+
+    * a registered name (``ddp``, ``fsdp``, ``deepspeed_stage_2``…);
+    * ``auto`` when the run spans several processes (``trainer.devices=2``, ``-1`` or ``auto``
+      on a machine with several GPUs, ``trainer.num_nodes>1``), which Lightning makes ``ddp``;
+    * a strategy node (``_target_: lightning.pytorch.strategies.DDPStrategy`` …).
+
+    Anything else is returned as it is. With ``trainer_cfg`` (the run's ``trainer`` node), the
+    devices are checked against the machine first (:func:`check_devices`)."""
+    if trainer_cfg is not None:
+        check_devices(trainer_cfg)
+        processes = num_processes(trainer_cfg)
+        if strategy in (None, "auto") and processes > 1:
+            from hydra.core.hydra_config import HydraConfig
+
+            if _interactive() and not HydraConfig.initialized():
+                return strategy  # Lightning forks: nothing re-runs
+            devices = trainer_cfg.get("devices")
+            return _relaunched("ddp", {}, f"trainer.strategy=auto with trainer.devices={devices}")
+    if isinstance(strategy, Mapping) and "_target_" in strategy:
+        return _strategy_node(strategy)
     if not isinstance(strategy, str) or strategy not in StrategyRegistry:
         return strategy
     entry = StrategyRegistry[strategy]
     params = dict(entry["init_params"])
     if params.get("start_method", "popen") != "popen":
         return strategy  # ddp_spawn, ddp_fork, ddp_notebook: no script re-run
-    cls = entry["strategy"]
-    if not hasattr(cls, "_configure_launcher"):
+    if not hasattr(entry["strategy"], "_configure_launcher"):
         return strategy
+    return _relaunched(strategy, params, f"trainer.strategy={strategy}")
+
+
+def _strategy_node(node: Mapping[str, Any]) -> Any:
+    """A strategy given as a ``_target_`` node, built with :class:`HydraScriptLauncher` when it
+    would re-run the script; else the node, for the Trainer's instantiation."""
+    from hydra.utils import instantiate
+    from lightning.pytorch.strategies import Strategy
+
+    factory = instantiate(node, _partial_=True)  # the class and its (built) arguments
+    cls = getattr(factory, "func", None)
+    if not (
+        isinstance(cls, type)
+        and issubclass(cls, Strategy)
+        and hasattr(cls, "_configure_launcher")
+        and factory.keywords.get("start_method", "popen") == "popen"
+    ):
+        return node
+    label = f"trainer.strategy._target_={node['_target_']}"
+    return _relaunched(cls, dict(factory.keywords), label, args=factory.args)
+
+
+def _relaunched(
+    strategy: str | type, params: Mapping[str, Any], label: str, args: Sequence[Any] = ()
+) -> Any:
+    """The strategy (a registered name or a class) with :class:`HydraScriptLauncher`."""
     from hydra.core.hydra_config import HydraConfig
 
-    if not HydraConfig.initialized():
+    if not HydraConfig.initialized() or _entry_module() != "ptft.train":
         raise ConfigError(
-            f"trainer.strategy={strategy} re-runs the ptft-train command for every extra process, "
+            f"{label} re-runs the ptft-train command for every extra process, "
             "and this run was not started by ptft-train "
             "(ptft-pipeline runs many stages in one process); use trainer.strategy=ddp_spawn here"
         )
+    name = strategy if isinstance(strategy, str) else strategy.__name__
+    cls = StrategyRegistry[strategy]["strategy"] if isinstance(strategy, str) else strategy
     try:
-        return _relaunching(cls)(**params)
+        return _relaunching(cls)(*args, **params)
     except Exception as err:  # a strategy whose package is missing (DeepSpeed) says so when built
-        if "deepspeed" in strategy.lower() and "install" in str(err).lower():
-            raise ConfigError(
-                f"trainer.strategy={strategy} needs DeepSpeed: pip install 'ptft[deepspeed]'"
-            ) from err
+        if "deepspeed" in name.lower() and "install" in str(err).lower():
+            raise ConfigError(f"{label} needs DeepSpeed: pip install 'ptft[deepspeed]'") from err
         raise
 
 

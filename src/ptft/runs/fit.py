@@ -7,15 +7,18 @@ Shared by ``ptft-train`` (one run per process) and ``ptft-pipeline`` (many runs 
 from __future__ import annotations
 
 import logging
+import sys
 from pathlib import Path
 
 import lightning as L
 import torch
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig
 
 from ptft.callbacks.final_checkpoint import FinalCheckpoint
 from ptft.callbacks.finite_loss import FiniteLoss
 from ptft.callbacks.process_group import ProcessGroupCleanup
+from ptft.callbacks.resume import ResumeState
 from ptft.callbacks.run_record import RunRecord
 from ptft.config.validate import validate
 from ptft.errors import ConfigError
@@ -23,8 +26,12 @@ from ptft.handoff import read_pretrained, with_tokenizer
 from ptft.modules.backbone_module import BackboneModule
 from ptft.runs.build import build_datamodule, build_model, build_trainer, plain
 from ptft.runs.distributed import distributed_job
+from ptft.runs.load import check_resume
 
 log = logging.getLogger(__name__)
+
+#: the exit status of a run stopped by SIGTERM (128 + the signal's number, as a shell reports it)
+SIGTERM_EXIT = 143
 
 
 def metrics_of(trainer: L.Trainer) -> dict[str, float]:
@@ -46,13 +53,19 @@ def train(cfg: DictConfig) -> dict[str, float]:
         )
     model_cfg, data_cfg = plain(cfg.model), plain(cfg.data)
     output_dir = Path(cfg.paths.output_dir)
-    pretrained = read_pretrained(model_cfg["pretrained"]) if model_cfg.get("pretrained") else None
+    pretrained = (
+        read_pretrained(model_cfg["pretrained"], model_cfg.get("backbone"))
+        if model_cfg.get("pretrained")
+        else None
+    )
     if pretrained is not None and pretrained.tokenizer is not None:
         # fine-tuning reads text exactly as the backbone was pretrained on it
         data_cfg = with_tokenizer(
             data_cfg, pretrained.tokenizer, output_dir, f"model.pretrained={pretrained.path}"
         )
     model = build_model(model_cfg, pretrained)
+    if cfg.get("ckpt_path"):  # one line for a file that cannot resume this model
+        check_resume(cfg.ckpt_path, model)
     datamodule = build_datamodule(data_cfg, model.supervised, model.train_labels)
     record = {
         "data": data_cfg,
@@ -66,6 +79,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
             FinalCheckpoint(),
             ProcessGroupCleanup(),
             FiniteLoss(),
+            ResumeState(),
         ]
         trainer = build_trainer(cfg, callbacks)
         job.append(trainer)
@@ -79,14 +93,52 @@ def fit_and_test(
     ``cfg.train``/``cfg.test`` say."""
     metrics: dict[str, float] = {}
     if cfg.get("train", True):
-        trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+        try:
+            trainer.fit(
+                model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"), weights_only=True
+            )
+        except SIGTERMException:
+            raise preempted(trainer, "training") from None
         metrics.update(metrics_of(trainer))
     if cfg.get("test", True):
         best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
         if cfg.get("train", True) and not best:
             log.info("no best checkpoint was saved: testing the final weights")
-        trainer.test(model, datamodule=datamodule, ckpt_path=best or None, verbose=False)
+        try:
+            trainer.test(
+                model,
+                datamodule=datamodule,
+                ckpt_path=best or None,
+                verbose=False,
+                weights_only=True,
+            )
+        except SIGTERMException:
+            raise preempted(trainer, "testing") from None
         metrics.update({k: v for k, v in metrics_of(trainer).items() if k.startswith("test/")})
     if trainer.is_global_zero:
         log.info("final metrics: %s", ", ".join(f"{k}={v:.4g}" for k, v in sorted(metrics.items())))
     return metrics
+
+
+def preempted(trainer: L.Trainer, stage: str) -> SystemExit:
+    """The exit of a run stopped by SIGTERM (a cluster's preemption), after one line on stderr
+    (and in the run's log) that says how to go on: Lightning stops after the current batch and
+    :class:`~ptft.callbacks.resume.ResumeState` has written ``last.ckpt``."""
+    resume = next((c for c in trainer.callbacks if isinstance(c, ResumeState)), None)
+    step = trainer.global_step
+    if resume is not None and resume.preempted is not None:
+        message = (
+            f"stopped by SIGTERM at step {step}; resume with ckpt_path={resume.preempted} "
+            "(and the same overrides)"
+        )
+    elif stage == "testing":
+        message = "stopped by SIGTERM while testing; the training had finished and is saved"
+    else:
+        message = (
+            f"stopped by SIGTERM at step {step}, before this run trained a step; "
+            "run the same command again"
+        )
+    if trainer.is_global_zero:
+        log.warning(message)
+        print(f"interrupted: {message}", file=sys.stderr, flush=True)
+    return SystemExit(SIGTERM_EXIT)

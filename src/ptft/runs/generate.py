@@ -6,11 +6,12 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from tokenizers import Tokenizer
 
 from ptft.cli import NO_PROMPT
@@ -38,21 +39,28 @@ def can_generate(module: Any) -> bool:
     )
 
 
-def load_generator(ckpt_path: str | Path) -> tuple[LanguageModel, Tokenizer]:
-    """The module and the tokenizer saved in a ptft checkpoint, or a one-line ``ConfigError``."""
-    module, _ = load_run(ckpt_path)
+def load_generator(
+    ckpt_path: str | Path, model: Mapping[str, Any] | None = None
+) -> tuple[LanguageModel, Tokenizer]:
+    """The module and the tokenizer saved in a ptft checkpoint, or a one-line ``ConfigError``;
+    ``model`` is the user's own model config, naming classes of theirs the file may name
+    (:func:`ptft.runs.load.load_run`)."""
+    module, record = load_run(ckpt_path, model)
     if not can_generate(module):
         name = f"{type(module).__module__}.{type(module).__qualname__}"
         raise ConfigError(
             f"ckpt_path={ckpt_path} holds a {name}, which cannot generate text; "
             "generation needs a causal_lm or sequence_generator checkpoint"
         )
-    # load_run validated the file; read it again only for the tokenizer (mmap: no second copy)
-    checkpoint = torch.load(Path(ckpt_path), map_location="cpu", weights_only=True, mmap=True)
-    text = checkpoint.get("ptft_tokenizer")
-    if not isinstance(text, str):
+    text = record["tokenizer"]
+    if text is None:
         raise ConfigError(f"ckpt_path={ckpt_path} carries no tokenizer; it was not trained on text")
-    tokenizer = Tokenizer.from_str(text)
+    try:
+        tokenizer = Tokenizer.from_str(text)
+    except Exception as err:  # noqa: BLE001 -- the tokenizers library raises its own types
+        raise ConfigError(
+            f"ckpt_path={ckpt_path}: its tokenizer (ptft_tokenizer) does not load ({err})"
+        ) from None
     check_special_ids(tokenizer, source=f"the tokenizer in {ckpt_path}")
     return module, plain_text(tokenizer)
 
@@ -86,7 +94,10 @@ def generate_text(cfg: DictConfig) -> list[dict[str, Any]]:
     except ValueError as err:
         raise ConfigError(str(err)) from None
     device = pick_device(cfg.device)
-    module, tokenizer = load_generator(cfg.ckpt_path)
+    own = cfg.get("model")
+    module, tokenizer = load_generator(
+        cfg.ckpt_path, OmegaConf.to_container(own, resolve=True) if own else None
+    )
     module.to(device)
 
     # the module knows its prompt format (the causal LM starts a document after <eos>)

@@ -17,6 +17,8 @@ from typing import Any
 
 import numpy as np
 
+from ptft.files import atomic_path, write_atomic
+
 log = logging.getLogger(__name__)
 
 #: metric names (after ``stage/``) that are rates in [0, 1], shown in %
@@ -145,7 +147,7 @@ def write_csv(results: list[Result], tasks: Mapping[str, TaskColumns], path: Pat
             [m for c in tasks.values() for m in c.metrics] + [m for r in results for m in r.metrics]
         )
     )
-    with open(path, "w", newline="") as f:
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
         writer = csv.DictWriter(
             f, fieldnames=["task", "label_fraction", "method", "seed", *metrics, "seconds"]
         )
@@ -243,11 +245,11 @@ def study_score(results: list[Result], tasks: Mapping[str, TaskColumns]) -> floa
 
 
 def write_report(results: list[Result], out: Path, tasks: Mapping[str, TaskColumns]) -> float:
-    """Write results.csv, results.md, label_efficiency.png and TensorBoard; return
-    :func:`study_score`."""
+    """Write results.csv, results.md (each whole or not at all), label_efficiency.png and
+    TensorBoard; return :func:`study_score`."""
     write_csv(results, tasks, out / "results.csv")
     report = markdown_report(results, tasks)
-    (out / "results.md").write_text(report)
+    write_atomic(out / "results.md", report)
     fig = plot(results, tasks, out / "label_efficiency.png")
     from torch.utils.tensorboard import SummaryWriter
 

@@ -4,14 +4,21 @@ Pretrain once (or reuse a checkpoint), then for every task, label fraction, seed
 fine-tune in this process (imports cost seconds; a run on digits costs about as much), and,
 for image tasks, fit scikit-learn's SVC on the raw pixels of the very same labelled subsets.
 Every task's config is composed before pretraining starts, so a bad override fails at once.
+
+A study started again in its own run directory (``hydra.run.dir=<that directory>``, with the
+same overrides) goes on where it stopped: ``study.json`` records the study's plan, and every
+stage writes ``result.json`` (atomically) into its directory when it finishes; a restart
+checks the plan, keeps every recorded result and runs only the rest (docs/pipeline.md).
 """
 
 from __future__ import annotations
 
+import json
 import logging
+import shlex
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +30,7 @@ from omegaconf import DictConfig, OmegaConf
 from ptft.cli import quote_override
 from ptft.config.validate import validate
 from ptft.errors import ConfigError
+from ptft.files import write_atomic
 from ptft.handoff import resolve_checkpoint
 from ptft.runs.build import build_datamodule, plain
 from ptft.runs.fit import train
@@ -44,6 +52,12 @@ QUIET = [
     "trainer.enable_progress_bar=false",
     "trainer.enable_model_summary=false",
 ]
+#: the study's plan, written when it starts, read when it starts again in the same directory
+STUDY_FILE = "study.json"
+#: written into a stage's directory (the pretraining's, each run's) when the stage finishes
+RESULT_FILE = "result.json"
+#: top-level keys of the study's config that are not its plan (where it writes, Hydra's own)
+NOT_THE_PLAN = ("paths", "hydra")
 
 
 @dataclass(frozen=True)
@@ -156,6 +170,100 @@ def check(cfg: DictConfig) -> None:
     if not cfg.pretrained and any(r.method in PRETRAINED_METHODS for r in plan(cfg)):
         overrides = [*cfg.pretrain.overrides, f"paths.output_dir={quote_override(Path('unused'))}"]
         check_run(compose_train(overrides, "pretrain.overrides"), "pretrain.overrides")
+    restarted = given_run_dir(cfg)
+    if restarted is not None:
+        check_same_study(cfg, restarted)
+
+
+def given_run_dir(cfg: DictConfig) -> Path | None:
+    """The run directory named on the command line (``hydra.run.dir=…``), when ``cfg`` holds
+    Hydra's node (the check made before Hydra starts); None for a directory still to be made
+    (an interpolation: resolving ``${ptft.unique:…}`` would claim one)."""
+    if "hydra" not in cfg or "run" not in cfg.hydra:
+        return None
+    raw = OmegaConf.to_container(cfg.hydra.run, resolve=False).get("dir")
+    return Path(raw) if isinstance(raw, str) and "${" not in raw else None
+
+
+def study_plan(cfg: DictConfig) -> dict[str, Any]:
+    """What makes the study what it is: every top-level key but where it writes, resolved,
+    as plain JSON values."""
+    plan_ = {}
+    for key in cfg:
+        if key in NOT_THE_PLAN:
+            continue
+        value = cfg[key]
+        plan_[str(key)] = (
+            OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value
+        )
+    return json.loads(json.dumps(plan_))
+
+
+def differences(old: Any, new: Any, key: str = "") -> list[str]:
+    """``key: <old> there, <new> here`` for each dotted key whose value differs."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        return [
+            line
+            for k in dict.fromkeys([*old, *new])
+            for line in differences(
+                old.get(k, "(unset)"), new.get(k, "(unset)"), f"{key}.{k}" if key else str(k)
+            )
+        ]
+    return [] if old == new else [f"{key}: {json.dumps(old)} there, {json.dumps(new)} here"]
+
+
+def check_same_study(cfg: DictConfig, out: Path) -> bool:
+    """True when ``out`` holds a study started earlier, the same as ``cfg``'s; a one-line
+    :class:`ConfigError` when it holds another; False when it holds none."""
+    path = out / STUDY_FILE
+    if not path.is_file():
+        return False
+    try:
+        recorded = json.loads(path.read_text())
+        old_plan, old_overrides = recorded["plan"], recorded["overrides"]
+    except (ValueError, KeyError, TypeError) as err:
+        raise ConfigError(
+            f"hydra.run.dir={out}: its {STUDY_FILE} is not readable ({type(err).__name__}); "
+            "choose a new hydra.run.dir"
+        ) from None
+    changed = differences(old_plan, study_plan(cfg))
+    if changed:
+        shown = "; ".join(changed[:3]) + (f"; and {len(changed) - 3} more" if changed[3:] else "")
+        raise ConfigError(
+            f"hydra.run.dir={out} holds another study ({shown}); start it again with its own "
+            f"overrides ({shlex.join(old_overrides) or 'none'}) or choose a new hydra.run.dir"
+        )
+    return True
+
+
+def start_study(cfg: DictConfig, out: Path, overrides: list[str]) -> bool:
+    """Check the study against the one recorded in ``out`` (True: a restart), or record it."""
+    if check_same_study(cfg, out):
+        return True
+    record = {"plan": study_plan(cfg), "overrides": overrides}
+    write_atomic(out / STUDY_FILE, json.dumps(record, indent=1) + "\n")
+    return False
+
+
+def read_result(directory: Path) -> dict[str, Any] | None:
+    """The ``result.json`` a finished stage left in ``directory`` (None when it did not finish)."""
+    try:
+        return json.loads((directory / RESULT_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def set_aside(directory: Path) -> None:
+    """Move what an unfinished attempt of a stage wrote to ``<name>.interrupted-<n>``, so the
+    stage starts over in a clean directory (its logs are not mixed with the new attempt's)."""
+    if not directory.exists():
+        return
+    n = 1
+    while directory.with_name(f"{directory.name}.interrupted-{n}").exists():
+        n += 1
+    aside = directory.with_name(f"{directory.name}.interrupted-{n}")
+    directory.rename(aside)
+    log.info("%s did not finish: what it wrote is now in %s", directory, aside.name)
 
 
 def check_run(run_cfg: DictConfig, where: str) -> None:
@@ -168,20 +276,39 @@ def check_run(run_cfg: DictConfig, where: str) -> None:
 
 
 def pretrain(cfg: DictConfig, out: Path) -> Path:
-    """Run the pretraining stage (or reuse ``cfg.pretrained``) and return its checkpoint."""
+    """Run the pretraining stage (or reuse ``cfg.pretrained``) and return its checkpoint.
+
+    A pretraining that finished in an earlier start of the study (its ``result.json`` names a
+    checkpoint that is there) is kept; one that did not finish resumes from its
+    ``checkpoints/last.ckpt`` (``ckpt_path=``), or starts over when it has none.
+    """
     if cfg.pretrained:
         return resolve_checkpoint(cfg.pretrained)
     stage_dir = out / "pretrain"
-    run_cfg = compose_train(
-        [*cfg.pretrain.overrides, f"paths.output_dir={quote_override(stage_dir)}"],
-        "pretrain.overrides",
-    )
+    done = read_result(stage_dir)
+    if isinstance(done, dict) and isinstance(done.get("checkpoint"), str):
+        ckpt = stage_dir / done["checkpoint"]
+        if ckpt.is_file():
+            log.info("pretraining finished in an earlier start: %s", ckpt)
+            return ckpt
+    overrides = [*cfg.pretrain.overrides, f"paths.output_dir={quote_override(stage_dir)}"]
+    last = stage_dir / "checkpoints" / "last.ckpt"
+    if last.is_file():
+        log.info("pretraining did not finish: resuming it from %s", last)
+        overrides.append(f"ckpt_path={quote_override(last)}")
+    else:
+        set_aside(stage_dir)
+    run_cfg = compose_train(overrides, "pretrain.overrides")
     stage_dir.mkdir(parents=True, exist_ok=True)
     OmegaConf.save(run_cfg, stage_dir / "config.yaml", resolve=True)
     start = time.perf_counter()
     train(run_cfg)
-    log.info("pretraining took %.1f s", time.perf_counter() - start)
-    return resolve_checkpoint(stage_dir)
+    seconds = time.perf_counter() - start
+    log.info("pretraining took %.1f s", seconds)
+    ckpt = resolve_checkpoint(stage_dir)
+    record = {"checkpoint": str(ckpt.relative_to(stage_dir)), "seconds": seconds}
+    write_atomic(stage_dir / RESULT_FILE, json.dumps(record, indent=1) + "\n")
+    return ckpt
 
 
 def svc_scores(run_cfg: DictConfig, svc_kwargs: dict[str, Any]) -> dict[str, float]:
@@ -222,30 +349,68 @@ def run_one(cfg: DictConfig, run: Run, ckpt: Path | None, out: Path) -> dict[str
     return {m: logged[m] for m in task.metrics}
 
 
-def run_study(cfg: DictConfig) -> float:
-    """Run the whole study, write its report, and return :func:`ptft.study.report.study_score`."""
+def recorded(cfg: DictConfig, run: Run, out: Path) -> Result | None:
+    """The result a finished run recorded in an earlier start of the study, if it is whole."""
+    record = read_result(run.directory(out))
+    try:
+        result = Result(**record) if record else None
+    except TypeError:
+        result = None
+    if result is None:
+        return None
+    same_run = (result.task, result.label_fraction, result.method, result.seed) == (
+        run.task,
+        run.fraction,
+        run.method,
+        run.seed,
+    )
+    if not same_run or not set(cfg.tasks[run.task].metrics) <= set(result.metrics):
+        log.warning("%s does not record this run: running it again", run.directory(out))
+        return None
+    return result
+
+
+def run_study(cfg: DictConfig, out: Path | None = None) -> float:
+    """Run the whole study into ``out`` (the Hydra run directory by default), write its report,
+    and return :func:`ptft.study.report.study_score`. In a directory where the same study
+    started before, only the runs without a recorded result run."""
     check(cfg)
-    out = Path(HydraConfig.get().runtime.output_dir)
+    hydra = HydraConfig.get() if HydraConfig.initialized() else None
+    if out is None:
+        out = Path(hydra.runtime.output_dir)
+    restarted = start_study(cfg, out, list(hydra.overrides.task) if hydra else [])
     runs = list(plan(cfg))
-    ckpt = pretrain(cfg, out) if any(r.method in PRETRAINED_METHODS for r in runs) else None
+    done = {run: recorded(cfg, run, out) for run in runs} if restarted else {}
+    if restarted:
+        finished = sum(r is not None for r in done.values())
+        log.info("study restarted in %s: %d of %d runs had finished", out, finished, len(runs))
+    todo = [r for r in runs if done.get(r) is None]
+    ckpt = pretrain(cfg, out) if any(r.method in PRETRAINED_METHODS for r in todo) else None
     logging.getLogger("lightning.pytorch.utilities.rank_zero").setLevel(logging.WARNING)
 
     results: list[Result] = []
     for run in runs:
-        start = time.perf_counter()
-        metrics = run_one(cfg, run, ckpt, out)
-        result = Result(
-            run.task, run.fraction, run.method, run.seed, metrics, time.perf_counter() - start
-        )
-        shown = ", ".join(f"{k} {v:.4g}" for k, v in metrics.items())
+        result = done.get(run)
+        if result is None:
+            set_aside(run.directory(out))
+            start = time.perf_counter()
+            metrics = run_one(cfg, run, ckpt, out)
+            result = Result(
+                run.task, run.fraction, run.method, run.seed, metrics, time.perf_counter() - start
+            )
+            write_atomic(
+                run.directory(out) / RESULT_FILE, json.dumps(asdict(result), indent=1) + "\n"
+            )
+        shown = ", ".join(f"{k} {v:.4g}" for k, v in result.metrics.items())
         log.info(
-            "%s fraction %-5g %-12s seed %d: %s (%.1f s)",
+            "%s fraction %-5g %-12s seed %d: %s (%.1f s%s)",
             run.task,
             run.fraction,
             run.method,
             run.seed,
             shown,
             result.seconds,
+            ", earlier start" if run in done and done[run] is not None else "",
         )
         results.append(result)
     tasks = {

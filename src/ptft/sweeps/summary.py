@@ -4,6 +4,8 @@ A Hydra callback (``hydra.callbacks`` in ``conf/hydra/default.yaml``): when a mu
 whatever the launcher or sweeper, it reads the ``job_status.json`` that each job wrote
 (``ptft.sweeps.job``) and lists each job's overrides, status, error and final metrics. Failed jobs
 come after those that finished, and a job that left no status file (killed) is ``missing``.
+A job that finished in an earlier launch into the same sweep directory (not run again) is
+``ok`` and ``reused``.
 It runs in the process that launched the sweep, so it never imports torch.
 """
 
@@ -51,9 +53,9 @@ def collect(sweep_dir: Path) -> list[JobStatus]:
     jobs = []
     for hydra_dir in sorted(sweep_dir.glob("**/.hydra")):
         job_dir = hydra_dir.parent
-        if (job_dir / STATUS_FILE).is_file():
+        try:
             jobs.append(JobStatus.read(job_dir / STATUS_FILE))
-        else:
+        except (OSError, ValueError, TypeError, AttributeError):  # none (killed), or not one
             jobs.append(missing_job(job_dir))
     return jobs
 
@@ -109,7 +111,7 @@ def common_overrides(jobs: list[JobStatus]) -> list[str]:
 def rows(jobs: list[JobStatus], drop: list[str] = ()) -> tuple[list[str], list[list[Any]]]:
     """The table: a row per job in the given order; ``drop`` leaves those overrides out."""
     metrics = metric_columns(jobs)
-    header = ["rank", "job", "status", "overrides", *metrics, "duration_s", "error"]
+    header = ["rank", "job", "status", "overrides", *metrics, "duration_s", "error", "reused"]
     body = [
         [
             rank,
@@ -119,6 +121,7 @@ def rows(jobs: list[JobStatus], drop: list[str] = ()) -> tuple[list[str], list[l
             *(job.metrics.get(m) for m in metrics),
             job.duration_s,
             job.error or "",
+            job.reused,
         ]
         for rank, job in enumerate(jobs, start=1)
     ]
@@ -142,6 +145,9 @@ def headline(jobs: list[JobStatus]) -> str:
         else ""
     )
     text = goal + f"{len(jobs)} jobs: " + ", ".join(f"{n} {s}" for s, n in counts.items() if n)
+    reused = sum(j.reused for j in jobs)
+    if reused:
+        text += f" ({reused} ok from an earlier launch, not run again)"
     common = common_overrides(jobs)
     return text + (f"\n\nEvery job: `{' '.join(common)}`" if common else "")
 
@@ -155,8 +161,11 @@ def cell(value: Any) -> str:
 
 
 def markdown_table(jobs: list[JobStatus]) -> str:
-    """The table in Markdown; the overrides column shows what differs between jobs."""
+    """The table in Markdown; the overrides column shows what differs between jobs, and the
+    ``reused`` column is shown only when a job was kept from an earlier launch."""
     header, body = rows(jobs, drop=common_overrides(jobs))
+    if not any(j.reused for j in jobs):
+        header, body = header[:-1], [row[:-1] for row in body]
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join(" --- " for _ in header) + "|"]
     lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in body]
     return "\n".join(lines)

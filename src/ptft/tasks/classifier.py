@@ -10,8 +10,9 @@ per ``unfreeze_epochs`` epochs, from the top down, when an epoch starts
 from __future__ import annotations
 
 import logging
+import typing
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -19,6 +20,7 @@ from torch import nn
 from torchmetrics import MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
 
+from ptft.config.bounds import PositiveFloat, PositiveInt, Probability, check_arguments
 from ptft.data.augment import Augment, AugmentConfig
 from ptft.errors import ConfigError
 from ptft.modules.backbone_module import BackboneModule
@@ -26,7 +28,8 @@ from ptft.optim import LRScalingConfig, frozen_groups, layer_groups_of, unfreeze
 
 log = logging.getLogger(__name__)
 
-FINETUNE_MODES = ("full", "linear_probe", "gradual_unfreeze")
+FinetuneMode = Literal["full", "linear_probe", "gradual_unfreeze"]
+FINETUNE_MODES: tuple[str, ...] = typing.get_args(FinetuneMode)
 
 
 class Classifier(BackboneModule):
@@ -38,15 +41,15 @@ class Classifier(BackboneModule):
         self,
         backbone: Mapping[str, Any],
         input_shape: Sequence[int],
-        num_classes: int,
+        num_classes: PositiveInt,
         optimizer: Mapping[str, Any],
         scheduler: Mapping[str, Any] | None = None,
-        finetune: str = "full",
+        finetune: FinetuneMode = "full",
         augment: AugmentConfig | None = None,
-        head_dropout: float = 0.0,
-        label_smoothing: float = 0.0,
-        unfreeze_epochs: int = 1,
-        discriminative_lr: float | None = None,
+        head_dropout: Probability = 0.0,
+        label_smoothing: Probability = 0.0,
+        unfreeze_epochs: PositiveInt = 1,
+        discriminative_lr: PositiveFloat | None = None,
         lr_scaling: LRScalingConfig | None = None,
     ) -> None:
         if finetune not in FINETUNE_MODES:
@@ -55,6 +58,7 @@ class Classifier(BackboneModule):
             raise ConfigError(
                 f"model.unfreeze_epochs={unfreeze_epochs}: give at least 1 epoch per stage"
             )
+        check_arguments(Classifier.__init__, "model", locals())
         super().__init__(backbone, input_shape, optimizer, scheduler)
         self.save_hyperparameters()
         self.configure_lr(discriminative_lr, lr_scaling)
@@ -99,6 +103,12 @@ class Classifier(BackboneModule):
                 "model.finetune=gradual_unfreeze trains on one device (DDP does not synchronise "
                 "parameters unfrozen during the run); set trainer.devices=1 and trainer.num_nodes=1"
             )
+
+    def on_train_start(self) -> None:
+        super().on_train_start()
+        # a run resumed mid-epoch (ckpt_path=) does not start that epoch again: its layer groups
+        # are unfrozen here as well
+        self.on_train_epoch_start()
 
     def on_train_epoch_start(self) -> None:
         # gradual unfreezing: at the start of epoch e the top e // unfreeze_epochs groups train

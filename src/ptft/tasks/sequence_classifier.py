@@ -8,15 +8,16 @@ token features in the way that fits the backbone (see :mod:`ptft.nn.pooling`).
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, Literal
 
 import torch
 
+from ptft.config.bounds import PositiveFloat, PositiveInt, Probability, check_arguments
 from ptft.data.tokenizer import PAD_ID
 from ptft.errors import ConfigError
 from ptft.nn.pooling import pool, resolve_pooling
 from ptft.optim import LRScalingConfig
-from ptft.tasks.classifier import Classifier
+from ptft.tasks.classifier import Classifier, FinetuneMode
 
 
 class SequenceClassifier(Classifier):
@@ -26,17 +27,18 @@ class SequenceClassifier(Classifier):
         self,
         backbone: Mapping[str, Any],
         input_shape: Sequence[int],
-        num_classes: int,
+        num_classes: PositiveInt,
         optimizer: Mapping[str, Any],
         scheduler: Mapping[str, Any] | None = None,
-        finetune: str = "full",
-        pooling: str = "auto",
-        head_dropout: float = 0.1,
-        label_smoothing: float = 0.0,
-        unfreeze_epochs: int = 1,
-        discriminative_lr: float | None = None,
+        finetune: FinetuneMode = "full",
+        pooling: Literal["auto", "first", "last", "mean"] = "auto",
+        head_dropout: Probability = 0.1,
+        label_smoothing: Probability = 0.0,
+        unfreeze_epochs: PositiveInt = 1,
+        discriminative_lr: PositiveFloat | None = None,
         lr_scaling: LRScalingConfig | None = None,
     ) -> None:
+        check_arguments(SequenceClassifier.__init__, "model", locals())
         super().__init__(
             backbone,
             input_shape,

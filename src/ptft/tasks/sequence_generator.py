@@ -16,6 +16,7 @@ from tokenizers import Tokenizer
 from torch import Tensor, nn
 from torchmetrics import MeanMetric
 
+from ptft.config.bounds import PositiveInt, check_arguments
 from ptft.data.masking import IGNORE_INDEX
 from ptft.data.tokenizer import EOS_ID, SEP_ID
 from ptft.modules.language_model import LanguageModel
@@ -45,8 +46,9 @@ class SequenceGenerator(LanguageModel):
         input_shape: Sequence[int],
         optimizer: Mapping[str, Any],
         scheduler: Mapping[str, Any] | None = None,
-        max_new_tokens: int = 24,
+        max_new_tokens: PositiveInt = 24,
     ) -> None:
+        check_arguments(SequenceGenerator.__init__, "model", locals())
         super().__init__(backbone, input_shape, optimizer, scheduler)
         self.save_hyperparameters()
         self.max_new_tokens = max_new_tokens

@@ -149,7 +149,7 @@ def test_what_a_run_leaves_to_the_code_is_no_error(tmp_path):
             "model.optimizer.momentum=null",  # dropped before the call: the optimizer's default
             "model.knn.temperature=null",  # a TypedDict key that may be None
             "model.online_probe.enabled=true",
-            "model.pretrained=somewhere",  # run settings, not constructor arguments
+            f"model.pretrained={tmp_path}",  # run settings, not constructor arguments
             "model.compile=true",
             # TensorBoardLogger hands **kwargs on to SummaryWriter
             "logger.tensorboard.flush_secs=5",
