@@ -19,7 +19,7 @@ config.register()
 
 
 @plugins_checked
-@validated("train")
+@validated("train", check="ptft.runs.fit.check_run")
 @hydra.main(version_base="1.3", config_path=config_dir(), config_name="train")
 @one_line_errors
 def main(cfg: DictConfig) -> float | None:

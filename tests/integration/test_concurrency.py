@@ -258,6 +258,7 @@ def test_more_cpu_processes_than_cores_is_a_one_line_error(tmp_path):
         f"{cores} cores this machine gives the run; set trainer.devices to at most {cores}"
     ]
     assert "Traceback" not in result.stderr
+    assert not (tmp_path / "outputs").exists()  # refused before Hydra made a run directory
 
 
 def _hydra_run(monkeypatch) -> None:

@@ -9,6 +9,7 @@ marker: an error that reaches it was not caught before the run."""
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 from pathlib import Path
 
@@ -26,6 +27,8 @@ from ptft.objectives.simclr import SimCLR
 from ptft.runs.build import build_model, plain
 from tests.helpers import QUIET, compose_train
 
+#: the cores this process may run on
+CORES = len(os.sched_getaffinity(0))
 CNN = {"_target_": "ptft.nn.cnn.CNN", "channels": [4]}
 ADAMW = {"_target_": "torch.optim.AdamW", "lr": 1e-3}
 
@@ -105,6 +108,34 @@ def checkpoint_file(tmp_path) -> Path:
 )
 def test_a_size_out_of_range_is_one_line_naming_the_key(entry, overrides, message):
     assert one_line(entry("train", *overrides)).startswith(message)
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        # Lightning checks these only when it builds the Trainer (after the run directory is
+        # made), and ignores val_check_interval altogether under fast_dev_run
+        (
+            [f"trainer.devices={CORES + 1}", "trainer.accelerator=cpu"],
+            f"trainer.devices={CORES + 1} starts {CORES + 1} CPU processes, more than the {CORES}",
+        ),
+        (
+            ["debug=fdr", "trainer.val_check_interval=abc"],
+            "trainer.val_check_interval=abc: give a number of training batches",
+        ),
+        (["trainer.val_check_interval=1.5"], "trainer.val_check_interval=1.5: give a number"),
+        (["trainer.val_check_interval=0"], "trainer.val_check_interval=0: give a number"),
+    ],
+)
+def test_trainer_settings_of_several_types_are_checked_before_the_run(entry, overrides, message):
+    assert one_line(entry("train", *overrides)).startswith(message)
+    assert not (Path.cwd() / "outputs").exists()  # nothing written: Hydra never started
+
+
+@pytest.mark.parametrize("interval", ["null", "100", "0.25", "1.0"])
+def test_valid_validation_intervals_reach_the_run(entry, interval):
+    with pytest.raises(HydraStarted):
+        entry("train", f"trainer.val_check_interval={interval}")
 
 
 def test_eval_checks_the_data_it_is_given_too(entry, checkpoint_file):

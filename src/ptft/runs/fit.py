@@ -25,7 +25,7 @@ from ptft.errors import ConfigError
 from ptft.handoff import read_pretrained, with_tokenizer
 from ptft.modules.backbone_module import BackboneModule
 from ptft.runs.build import build_datamodule, build_model, build_trainer, plain
-from ptft.runs.distributed import distributed_job
+from ptft.runs.distributed import check_devices, distributed_job
 from ptft.runs.load import check_resume
 
 log = logging.getLogger(__name__)
@@ -40,11 +40,33 @@ def metrics_of(trainer: L.Trainer) -> dict[str, float]:
     }
 
 
-def train(cfg: DictConfig) -> dict[str, float]:
-    """Fit and/or test as the config says; returns the final val/test metrics. The config's
-    ``_target_`` nodes are checked against the code first (:mod:`ptft.config.validate`): in a
-    multirun, a job with a bad value fails at once and the sweep goes on."""
+def check_run(cfg: DictConfig) -> None:
+    """Everything ``ptft-train`` checks before a run (and before Hydra writes its directory): the
+    config against the code (:func:`ptft.config.validate.validate`), then the Trainer settings
+    that take several types, which Lightning checks only when the Trainer is built, or never
+    (``val_check_interval`` under ``fast_dev_run``): the devices against this machine
+    (:func:`ptft.runs.distributed.check_devices`) and ``trainer.val_check_interval``."""
     validate(cfg)
+    trainer_cfg = cfg.get("trainer")
+    if trainer_cfg is None:
+        return
+    check_devices(trainer_cfg)
+    interval = trainer_cfg.get("val_check_interval")
+    if interval is not None and not (
+        (isinstance(interval, int) and not isinstance(interval, bool) and interval >= 1)
+        or (isinstance(interval, float) and 0 < interval <= 1)
+    ):
+        raise ConfigError(
+            f"trainer.val_check_interval={interval}: give a number of training batches (an int "
+            ">= 1), a fraction of an epoch in (0, 1], or null for once per epoch"
+        )
+
+
+def train(cfg: DictConfig) -> dict[str, float]:
+    """Fit and/or test as the config says; returns the final val/test metrics. The config is
+    checked first (:func:`check_run`): in a multirun, a job with a bad value fails at once and
+    the sweep goes on."""
+    check_run(cfg)
     if cfg.get("seed") is not None:
         L.seed_everything(cfg.seed, workers=True, verbose=False)
     if cfg.get("ckpt_path") and not Path(cfg.ckpt_path).is_file():
