@@ -56,3 +56,16 @@ def save_tokenizer(tokenizer: Tokenizer, directory: Path) -> Path:
     path = directory / TOKENIZER_FILE
     tokenizer.save(str(path))
     return path
+
+
+#: a tiny language model on short blocks of the docstring data: in-process fits take seconds
+TINY_TEXT_MODEL = [
+    "data.vocab_size=512",
+    "data.block_size=32",
+    "data.batch_size=8",
+    "data.eval_batch_size=16",
+    "model.backbone.dim=32",
+    "model.backbone.num_layers=2",
+    "model.backbone.num_heads=2",
+    "model.backbone.dropout=0.0",
+]

@@ -21,7 +21,7 @@ from ptft.objectives.causal_lm import CausalLM
 from ptft.objectives.masked_lm import MaskedLM
 from ptft.runs.fit import train
 from ptft.runs.generate import generate_text, load_generator
-from tests.helpers import QUIET, compose_train, run_cli
+from tests.helpers import QUIET, TINY_TEXT_MODEL, compose_train, run_cli
 
 OPTIMIZER = {"_target_": "torch.optim.AdamW", "lr": 1e-3}
 VOCAB, MAX_POSITIONS = 300, 64
@@ -262,14 +262,7 @@ def test_causal_lm_prompt_starts_a_document_and_stops_at_eos():
 
 # ----------------------------------------------------------------------- ptft-generate
 TINY_TEXT = [
-    "data.vocab_size=512",
-    "data.block_size=32",
-    "data.batch_size=8",
-    "data.eval_batch_size=16",
-    "model.backbone.dim=32",
-    "model.backbone.num_layers=2",
-    "model.backbone.num_heads=2",
-    "model.backbone.dropout=0.0",
+    *TINY_TEXT_MODEL,
     "trainer.max_steps=2",
     "trainer.val_check_interval=2",
     "trainer.limit_val_batches=1",

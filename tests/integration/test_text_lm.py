@@ -19,19 +19,9 @@ from ptft.nn.decoding import generate
 from ptft.objectives.losses import token_cross_entropy
 from ptft.runs.build import build_datamodule, build_model, build_trainer, plain
 from ptft.runs.fit import train
-from tests.helpers import QUIET, compose_train
+from tests.helpers import QUIET, TINY_TEXT_MODEL, compose_train
 
 #: a tiny model on short blocks: the in-process fits below take a second or two
-SMALL = [
-    "data.vocab_size=512",
-    "data.block_size=32",
-    "data.batch_size=8",
-    "data.eval_batch_size=16",
-    "model.backbone.dim=32",
-    "model.backbone.num_layers=2",
-    "model.backbone.num_heads=2",
-    "model.backbone.dropout=0.0",
-]
 
 
 @pytest.fixture(scope="module")
@@ -66,7 +56,7 @@ def gpt_run(cache_dir, tmp_path_factory):
         [
             "experiment=pydoc_gpt",
             f"data.cache_dir={cache_dir}",
-            *SMALL,
+            *TINY_TEXT_MODEL,
             "trainer.max_steps=30",
             "trainer.val_check_interval=30",
             "trainer.limit_val_batches=2",
@@ -152,7 +142,9 @@ def test_greedy_generation_with_kv_cache_matches_full_recompute(gpt_run):
 
 
 def test_masked_loss_counts_only_masked_positions(cache_dir, tmp_path):
-    cfg = compose_train(["experiment=pydoc_bert", f"data.cache_dir={cache_dir}", *SMALL], tmp_path)
+    cfg = compose_train(
+        ["experiment=pydoc_bert", f"data.cache_dir={cache_dir}", *TINY_TEXT_MODEL], tmp_path
+    )
     torch.manual_seed(0)
     model = build_model(plain(cfg.model)).eval()
     batch = torch.randint(7, 512, (4, 33))
