@@ -22,8 +22,8 @@ from ptft.objectives.losses import token_cross_entropy, token_loss
 
 
 class LanguageModel(BackboneModule):
-    """A Transformer LM whose output layer reuses ``backbone.token_embedding.weight`` (no weight
-    of its own)."""
+    """A Transformer LM whose output layer reuses the backbone's ``output_weight`` (the token
+    embedding, or an untied matrix the backbone holds): no weight of its own."""
 
     #: the attention the objective needs: True for next-token prediction, False for masked LM
     causal: ClassVar[bool]
@@ -52,17 +52,27 @@ class LanguageModel(BackboneModule):
             raise ConfigError(
                 f"{type(self).__name__} needs a bidirectional backbone: model.backbone.causal=false"
             )
-        embedding = self.backbone.token_embedding
-        # weight tying (Press & Wolf 2017; GPT-2): one matrix embeds tokens and scores them
-        self.lm_head = nn.Linear(embedding.embedding_dim, embedding.num_embeddings, bias=False)
-        self.lm_head.weight = embedding.weight
+        weight = getattr(self.backbone, "output_weight", self.backbone.token_embedding.weight)
+        # weight tying (Press & Wolf 2017; GPT-2): one matrix embeds tokens and scores them; an
+        # untied matrix (a Llama with tie_word_embeddings=false) lives in the backbone too, so
+        # the handoff carries it
+        self.lm_head = nn.Linear(weight.shape[1], weight.shape[0], bias=False)
+        self.lm_head.weight = weight
         # token-weighted means over an epoch, so perplexity is exp(mean loss per token)
         self.mean_loss = nn.ModuleDict({s: MeanMetric() for s in ("val", "test")})
         self.mean_acc = nn.ModuleDict({s: MeanMetric() for s in ("val", "test")})
 
     def forward(self, tokens: Tensor) -> Tensor:
         """Logits ``(B, T, vocab)`` for ``tokens (B, T)``."""
-        return self.lm_head(self.backbone(tokens))
+        return self.logits(self.backbone(tokens))
+
+    def logits(self, features: Tensor) -> Tensor:
+        """Token logits of backbone features ``(..., dim)``: the head's matrix, after BERT's
+        transform and plus its bias where the backbone has them."""
+        transform = getattr(self.backbone, "lm_features", None)
+        logits = self.lm_head(features if transform is None else transform(features))
+        bias = self.backbone.lm_logits_bias() if transform is not None else None
+        return logits if bias is None else logits + bias
 
     def logits_and_labels(self, batch: Tensor, stage: str) -> tuple[Tensor, Tensor]:
         """The objective: a batch of ``(B, T + 1)`` token blocks → logits and labels (-100 =

@@ -1,5 +1,6 @@
 """Multi-head self-attention on ``F.scaled_dot_product_attention``: causal or bidirectional,
-with a key padding mask, optional rotary positions and a key/value cache for decoding."""
+with a key padding mask, optional rotary positions, grouped-query attention (fewer key/value
+heads than query heads, Ainslie et al. 2023) and a key/value cache for decoding."""
 
 from __future__ import annotations
 
@@ -41,7 +42,9 @@ def allowed_keys(
 class SelfAttention(nn.Module):
     """``(B, T, dim)`` → ``(B, T, dim)`` with a fused q/k/v projection and an output projection.
 
-    Dropout acts on the attention weights and on the output (the residual branch), in
+    ``num_kv_heads`` < ``num_heads`` shares each key/value head among ``num_heads //
+    num_kv_heads`` query heads (the cache keeps only the shared heads). Dropout acts on the
+    attention weights and on the output (the residual branch), in
     training only; the caller adds the residual. ``forward`` also returns this layer's keys
     and values of all positions so far, to be passed back as ``kv_cache`` for the next step.
     """
@@ -53,18 +56,27 @@ class SelfAttention(nn.Module):
         dropout: float = 0.0,
         causal: bool = True,
         rotary: Rotary | None = None,
+        num_kv_heads: int | None = None,
+        bias: bool = True,
     ) -> None:
         super().__init__()
         if dim % num_heads:
             raise ValueError(f"attention dim={dim} is not divisible by num_heads={num_heads}")
+        num_kv_heads = num_heads if num_kv_heads is None else num_kv_heads
+        if num_kv_heads < 1 or num_heads % num_kv_heads:
+            raise ValueError(
+                f"num_kv_heads={num_kv_heads} must divide num_heads={num_heads} "
+                "(each key/value head serves a whole group of query heads)"
+            )
         if rotary is not None and rotary.head_dim != dim // num_heads:
             raise ValueError(
                 f"rotary head_dim={rotary.head_dim} but attention head dim is {dim // num_heads}"
             )
         self.dim, self.num_heads, self.head_dim = dim, num_heads, dim // num_heads
+        self.num_kv_heads, self.kv_dim = num_kv_heads, num_kv_heads * (dim // num_heads)
         self.causal, self.dropout = causal, dropout
-        self.qkv = nn.Linear(dim, 3 * dim)
-        self.proj = nn.Linear(dim, dim)
+        self.qkv = nn.Linear(dim, dim + 2 * self.kv_dim, bias=bias)
+        self.proj = nn.Linear(dim, dim, bias=bias)
         self.resid_dropout = nn.Dropout(dropout)
         self.rotary = rotary
 
@@ -82,8 +94,8 @@ class SelfAttention(nn.Module):
         # backward joins their gradients with one cat instead of a stack plus a reshape copy
         # (about 15% of the attention's forward + backward time on CPU)
         q, k, v = (
-            t.view(B, T, self.num_heads, self.head_dim).transpose(1, 2)
-            for t in self.qkv(x).split(self.dim, dim=-1)
+            t.view(B, T, -1, self.head_dim).transpose(1, 2)
+            for t in self.qkv(x).split((self.dim, self.kv_dim, self.kv_dim), dim=-1)
         )
         past = 0 if kv_cache is None else kv_cache[0].shape[2]
         if self.rotary is not None:
@@ -104,6 +116,10 @@ class SelfAttention(nn.Module):
         elif self.causal and T > 1:
             is_causal = True  # no cache, no padding: SDPA's own (top-left aligned) causal mask fits
         # (a single causal query with no padding sees every key: no mask at all)
+        cache = (k, v)
+        if self.num_kv_heads != self.num_heads:  # each shared head serves its group of queries
+            group = self.num_heads // self.num_kv_heads
+            k, v = k.repeat_interleave(group, dim=1), v.repeat_interleave(group, dim=1)
         y = F.scaled_dot_product_attention(
             q,
             k,
@@ -113,4 +129,4 @@ class SelfAttention(nn.Module):
             is_causal=is_causal,
         )
         y = y.transpose(1, 2).reshape(B, T, self.dim)
-        return self.resid_dropout(self.proj(y)), (k, v)
+        return self.resid_dropout(self.proj(y)), cache

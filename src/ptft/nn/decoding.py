@@ -91,7 +91,7 @@ def _decode_batch(
 ) -> list[list[int]]:
     """Continue every row of ``tokens (B, T)`` (all real tokens) by up to ``budget`` tokens."""
     features, cache = model.backbone(tokens, return_cache=True)
-    logits = model.lm_head(features[:, -1])
+    logits = model.logits(features[:, -1])
     out: list[list[int]] = [[] for _ in range(tokens.shape[0])]
     rows = torch.arange(tokens.shape[0])  # which original row each batch row is
     for step in range(budget):
@@ -106,7 +106,7 @@ def _decode_batch(
             rows, new = rows[keep.cpu()], new[keep]
             cache = [(k[keep], v[keep]) for k, v in cache]
         features, cache = model.backbone(new[:, None], kv_cache=cache, return_cache=True)
-        logits = model.lm_head(features[:, -1])
+        logits = model.logits(features[:, -1])
     return out
 
 

@@ -214,3 +214,65 @@ def test_bf16_autocast_forward_on_cpu():
         out = model(tokens(), mask)
     assert out.shape == (2, 10, 32) and torch.isfinite(out).all()
     torch.testing.assert_close(out.float(), model(tokens(), mask), atol=0.1, rtol=0.1)
+
+
+FAMILIES = {
+    "llama": dict(
+        positions="rope",
+        norm="rmsnorm",
+        gated_mlp=True,
+        activation="silu",
+        bias=False,
+        num_kv_heads=2,
+        hidden_dim=40,
+        lm_head="untied",
+    ),
+    "bert": dict(
+        positions="learned",
+        causal=False,
+        prenorm=False,
+        embedding_norm=True,
+        token_types=2,
+        lm_head="bert",
+        norm_eps=1e-12,
+    ),
+}
+
+
+@pytest.mark.parametrize("family", list(FAMILIES))
+def test_parameter_count_of_other_families_is_exact(family):
+    model = Transformer((16,), vocab_size=50, dim=32, num_layers=2, num_heads=4, **FAMILIES[family])
+    embedding = {"token_embedding", "position_embedding", "token_type_embedding", "lm_output"}
+    counted = sum(
+        p.numel() for n, p in model.named_parameters() if n.split(".")[0] not in embedding
+    )
+    counted -= model.vocab_size if family == "bert" else 0  # BERT's output bias: no matmul
+    assert model.num_params() == counted
+    assert model.num_params(non_embedding=False) == sum(p.numel() for p in model.parameters())
+    # every parameter belongs to exactly one layer group (freezing and layer-wise rates)
+    grouped = [id(p) for group in model.layer_groups() for p in group.parameters()]
+    assert sorted(grouped) == sorted(id(p) for p in model.parameters())
+
+
+def test_grouped_query_attention_shares_each_key_value_head_within_its_group():
+    """With 2 key/value heads for 4 query heads, the result equals full multi-head attention
+    whose k and v projections repeat each shared head for its group."""
+    from ptft.nn.attention import SelfAttention
+
+    torch.manual_seed(0)
+    gqa = SelfAttention(16, num_heads=4, num_kv_heads=2, causal=True)
+    full = SelfAttention(16, num_heads=4, causal=True)
+    q, k, v = gqa.qkv.weight.split((16, 8, 8))
+    qb, kb, vb = gqa.qkv.bias.split((16, 8, 8))
+
+    def repeat(t):  # head h of the full model reads shared head h // 2
+        return t.view(2, 4, *t.shape[1:]).repeat_interleave(2, dim=0).reshape(16, *t.shape[1:])
+
+    with torch.no_grad():
+        full.qkv.weight.copy_(torch.cat([q, repeat(k), repeat(v)]))
+        full.qkv.bias.copy_(torch.cat([qb, repeat(kb), repeat(vb)]))
+        full.proj.load_state_dict(gqa.proj.state_dict())
+    x = torch.randn(2, 7, 16)
+    (y_gqa, (k_cache, _)), (y_full, _) = gqa(x), full(x)
+    torch.testing.assert_close(y_gqa, y_full)
+    assert k_cache.shape == (2, 2, 7, 4)  # the cache keeps only the shared heads
