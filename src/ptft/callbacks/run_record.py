@@ -1,7 +1,9 @@
 """Write what a run needs to be rebuilt into every checkpoint, so ``ptft-eval ckpt_path=…``
 and the handoff work from the checkpoint alone: the resolved data and model config, and,
 when the data has them, the tokenizer (also saved as ``tokenizer.json`` in the run
-directory), the data's manifest (``data_manifest.json``) and the class names."""
+directory, with the ``tokenizer_config.json`` and ``special_tokens_map.json`` of an imported
+tokenizer beside it; the roles also travel in the backbone's config), the data's manifest
+(``data_manifest.json``) and the class names."""
 
 from __future__ import annotations
 
@@ -13,7 +15,7 @@ from typing import Any
 import lightning as L
 
 from ptft.data import protocol
-from ptft.data.tokenizer import TOKENIZER_FILE
+from ptft.data.tokenizer import SPECIAL_TOKENS_MAP_FILE, TOKENIZER_CONFIG_FILE, TOKENIZER_FILE
 
 #: the data's manifest (corpus version, hashes, split sizes), written in the run directory
 MANIFEST_FILE = "data_manifest.json"
@@ -34,6 +36,10 @@ class RunRecord(L.Callback):
         path = protocol.tokenizer_path(trainer.datamodule)
         if path and path.resolve() != (self.output_dir / TOKENIZER_FILE).resolve():
             shutil.copyfile(path, self.output_dir / TOKENIZER_FILE)
+            # an imported tokenizer's roles (and what transformers reads) go with it
+            for name in (TOKENIZER_CONFIG_FILE, SPECIAL_TOKENS_MAP_FILE):
+                if (path.parent / name).is_file():
+                    shutil.copyfile(path.parent / name, self.output_dir / name)
         manifest = protocol.manifest(trainer.datamodule)
         if manifest:  # which corpus, Python version and content hash the run read
             (self.output_dir / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2) + "\n")

@@ -7,7 +7,9 @@ Both use the corpus split of ``data=pydoc_text`` (whole source files per split),
 pretrained there never saw a val/test docstring. A text is framed the way the pretraining
 stream frames a document, ``<eos> text <eos>``, so the pretrained model reads familiar input;
 a generation pair is ``<eos> prompt <sep> target <eos>`` with the loss on ``target <eos>``.
-Batches are padded (``<pad>`` = 0) to their longest example, never to a fixed length.
+Batches are padded (``<pad>`` = 0) to their longest example, never to a fixed length. An
+imported tokenizer frames and pads with its own special tokens (BERT's ``[CLS] text [SEP]``;
+see :mod:`ptft.data.tokenizer`).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Sequence
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -31,17 +34,18 @@ from ptft.config.bounds import (
     Seed,
     check_arguments,
 )
+from ptft.data import tokenizer as tok
 from ptft.data.images import label_subset
 from ptft.data.loaders import SplitLoaders
 from ptft.data.masking import IGNORE_INDEX
 from ptft.data.pydoc_corpus import SPLITS, PydocCorpus, build_corpus, name_task, package_task
 from ptft.data.text import HeldOut, TokenizerPath, cached_tokenizer, given_tokenizer
 from ptft.data.tokenizer import (
-    EOS_ID,
     MIN_VOCAB_SIZE,
     PAD_ID,
-    SEP_ID,
-    load_tokenizer,
+    PTFT_SPECIALS,
+    SpecialTokens,
+    read_tokenizer,
 )
 from ptft.errors import ConfigError
 from ptft.files import write_atomic
@@ -49,30 +53,40 @@ from ptft.files import write_atomic
 log = logging.getLogger(__name__)
 
 
-def frame_text(tokenizer: Tokenizer, text: str, max_length: int) -> list[int]:
-    """``<eos> text <eos>``, the text truncated so the whole fits in ``max_length`` tokens."""
-    ids = tokenizer.encode(text, add_special_tokens=False).ids[: max_length - 2]
-    return [EOS_ID, *ids, EOS_ID]
+def frame_text(
+    tokenizer: Tokenizer, text: str, max_length: int, specials: SpecialTokens = PTFT_SPECIALS
+) -> list[int]:
+    """``<eos> text <eos>`` (:func:`ptft.data.tokenizer.frame_text`), the text truncated so the
+    whole fits in ``max_length`` tokens."""
+    room = max_length - len(tok.frame_text(specials, []))
+    return tok.frame_text(specials, tokenizer.encode(text, add_special_tokens=False).ids[:room])
 
 
 def frame_pair(
-    tokenizer: Tokenizer, prompt: str, target: str, max_length: int
+    tokenizer: Tokenizer,
+    prompt: str,
+    target: str,
+    max_length: int,
+    specials: SpecialTokens = PTFT_SPECIALS,
 ) -> tuple[list[int], int]:
-    """``<eos> prompt <sep> target <eos>`` and the index of the first target token.
+    """``<eos> prompt <sep> target <eos>`` (:func:`ptft.data.tokenizer.frame_pair`) and the
+    index of the first target token.
 
     The target is kept whole (it must fit with room for a prompt token); the prompt is
     truncated from its end when the pair is longer than ``max_length``.
     """
-    target_ids = [*tokenizer.encode(target, add_special_tokens=False).ids, EOS_ID]
-    room = max_length - len(target_ids) - 2  # <eos> … <sep>
+    target_ids = tokenizer.encode(target, add_special_tokens=False).ids
+    framing, scored = tok.frame_pair(specials, [], target_ids)
+    room = max_length - len(framing)  # the target, its <eos> and the frame around the prompt
     if room < 1:
+        n = sum(label != tok.IGNORE_INDEX for label in scored)
         raise ConfigError(
-            f"a target of {len(target_ids)} tokens ({target!r}) leaves no room for a prompt in "
+            f"a target of {n} tokens ({target!r}) leaves no room for a prompt in "
             f"data.max_length={max_length}; raise data.max_length"
         )
     prompt_ids = tokenizer.encode(prompt, add_special_tokens=False).ids[:room]
-    tokens = [EOS_ID, *prompt_ids, SEP_ID, *target_ids]
-    return tokens, len(prompt_ids) + 2
+    tokens, _ = tok.frame_pair(specials, prompt_ids, target_ids)
+    return tokens, len(tok.prompt_prefix(specials, prompt_ids))
 
 
 def pad(rows: Sequence[Sequence[int]], value: int) -> Tensor:
@@ -86,8 +100,9 @@ def pad(rows: Sequence[Sequence[int]], value: int) -> Tensor:
 class ClassificationExamples(Dataset):
     """Framed token ids and a class index per example; batches are ``(tokens, labels)``."""
 
-    def __init__(self, ids: list[list[int]], labels: Sequence[int]) -> None:
+    def __init__(self, ids: list[list[int]], labels: Sequence[int], pad_id: int = PAD_ID) -> None:
         self.ids, self.labels = ids, [int(y) for y in labels]
+        self.pad_id = pad_id
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -96,16 +111,17 @@ class ClassificationExamples(Dataset):
         return self.ids[index], self.labels[index]
 
     @staticmethod
-    def collate(items: list[tuple[list[int], int]]) -> tuple[Tensor, Tensor]:
-        return pad([ids for ids, _ in items], PAD_ID), torch.tensor([y for _, y in items])
+    def collate(items: list[tuple[list[int], int]], pad_id: int = PAD_ID) -> tuple[Tensor, Tensor]:
+        return pad([ids for ids, _ in items], pad_id), torch.tensor([y for _, y in items])
 
 
 class GenerationExamples(Dataset):
     """Framed prompt → target pairs; batches are ``(tokens, labels)`` where ``labels[:, t]``
     is the token to predict after position ``t`` on the target, -100 elsewhere."""
 
-    def __init__(self, pairs: list[tuple[list[int], int]]) -> None:
+    def __init__(self, pairs: list[tuple[list[int], int]], pad_id: int = PAD_ID) -> None:
         self.pairs = pairs
+        self.pad_id = pad_id
 
     def __len__(self) -> int:
         return len(self.pairs)
@@ -114,8 +130,8 @@ class GenerationExamples(Dataset):
         return self.pairs[index]
 
     @staticmethod
-    def collate(items: list[tuple[list[int], int]]) -> tuple[Tensor, Tensor]:
-        tokens = pad([ids for ids, _ in items], PAD_ID)
+    def collate(items: list[tuple[list[int], int]], pad_id: int = PAD_ID) -> tuple[Tensor, Tensor]:
+        tokens = pad([ids for ids, _ in items], pad_id)
         labels = torch.full_like(tokens, IGNORE_INDEX)
         for i, (ids, start) in enumerate(items):
             # position t predicts token t + 1: the first target token is read off the <sep>
@@ -180,6 +196,8 @@ class PydocLabelledDataModule(SplitLoaders):
         )
         self.label_fraction, self.subset_seed = label_fraction, subset_seed
         self.tokenizer_path: Path | None = None
+        #: the roles of the tokenizer's special tokens (ptft's until ``setup`` reads them)
+        self.specials: SpecialTokens = PTFT_SPECIALS
         self.datasets: dict[str, Dataset] = {}
         self.manifest: dict = {}
 
@@ -189,7 +207,8 @@ class PydocLabelledDataModule(SplitLoaders):
         else:
             path = cached_tokenizer(self.cache_dir, corpus, self.vocab_size, self.split_seed)
         self.tokenizer_path = path
-        return load_tokenizer(path)
+        tokenizer, self.specials = read_tokenizer(path)
+        return tokenizer
 
     def build(self, corpus: PydocCorpus, tokenizer: Tokenizer) -> dict[str, Dataset]:
         """The task's train/val/test datasets (the train split already cut to
@@ -226,7 +245,8 @@ class PydocLabelledDataModule(SplitLoaders):
             dataset,
             batch_size=self.batch_size if train else self.eval_batch_size,
             **self.sampling(dataset, train),  # a training order a resumed run takes up
-            collate_fn=dataset.collate,  # type: ignore[attr-defined]
+            # padded with the tokenizer's pad id (its eos where it has no pad token)
+            collate_fn=partial(dataset.collate, pad_id=dataset.pad_id),  # type: ignore[attr-defined]
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
         )
@@ -256,12 +276,12 @@ class PydocPackageDataModule(PydocLabelledDataModule):
         )
         datasets = {}
         for split, pairs in examples.items():
-            ids = [frame_text(tokenizer, text, self.max_length) for text, _ in pairs]
+            ids = [frame_text(tokenizer, text, self.max_length, self.specials) for text, _ in pairs]
             labels = np.array([y for _, y in pairs])
             if split == "train":  # stratified, with at least one docstring of every package
                 keep = label_subset(labels, self.label_fraction, self.subset_seed)
                 ids, labels = [ids[i] for i in keep], labels[keep]
-            datasets[split] = ClassificationExamples(ids, labels.tolist())
+            datasets[split] = ClassificationExamples(ids, labels.tolist(), self.specials.pad_id)
         return datasets
 
 
@@ -272,7 +292,8 @@ class PydocNamesDataModule(PydocLabelledDataModule):
         datasets = {}
         for split, pairs in name_task(corpus).items():
             framed = [
-                frame_pair(tokenizer, summary, name, self.max_length) for summary, name in pairs
+                frame_pair(tokenizer, summary, name, self.max_length, self.specials)
+                for summary, name in pairs
             ]
             if split == "train" and self.label_fraction < 1.0:
                 count = max(1, round(self.label_fraction * len(framed)))
@@ -280,5 +301,5 @@ class PydocNamesDataModule(PydocLabelledDataModule):
                     np.random.default_rng(self.subset_seed).permutation(len(framed))[:count]
                 )
                 framed = [framed[i] for i in keep]
-            datasets[split] = GenerationExamples(framed)
+            datasets[split] = GenerationExamples(framed, self.specials.pad_id)
         return datasets

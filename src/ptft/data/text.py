@@ -17,6 +17,7 @@ masked LM reads ``item[:-1]`` (one data layout serves both objectives).
 from __future__ import annotations
 
 import hashlib
+import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Annotated
@@ -38,9 +39,10 @@ from ptft.data.token_cache import PackedBlocks, TokenFile, build_token_file
 from ptft.data.tokenizer import (
     MIN_VOCAB_SIZE,
     TOKENIZER_FILE,
-    check_special_ids,
     load_tokenizer,
+    tokenizer_specials,
     train_tokenizer,
+    write_tokenizer_config,
 )
 from ptft.errors import ConfigError
 from ptft.files import locked, write_atomic
@@ -89,7 +91,10 @@ def given_tokenizer(cache_dir: Path, path: str | Path, vocab_size: int) -> Path:
 
     Token files are written next to their tokenizer; the copy keeps them out of the folder
     the tokenizer came from (a pretraining run, perhaps read-only). The copy is keyed by
-    the file's bytes, so an edited tokenizer never reuses stale token files.
+    the file's bytes, so an edited tokenizer never reuses stale token files. An imported
+    tokenizer (a ``tokenizer_config.json`` beside it) is copied with a ``tokenizer_config.json``
+    that names its roles (:func:`~ptft.data.tokenizer.write_tokenizer_config`), and the key
+    covers the roles too.
     """
     source = Path(path).expanduser()
     if source.is_dir():
@@ -107,15 +112,20 @@ def given_tokenizer(cache_dir: Path, path: str | Path, vocab_size: int) -> Path:
         raise ConfigError(
             f"data.tokenizer={path} is not a tokenizers JSON file ({first_line}); fix the path"
         ) from e
-    check_special_ids(tokenizer, source=f"data.tokenizer={path}")
+    specials = tokenizer_specials(tokenizer, source.parent, source=f"data.tokenizer={path}")
     size = tokenizer.get_vocab_size()
     if size > vocab_size:
         raise ConfigError(
             f"data.tokenizer={path} has {size} tokens, more than data.vocab_size={vocab_size}; "
             f"raise data.vocab_size to at least {size}"
         )
-    copy = cache_dir / f"tokenizer-given-{hashlib.sha256(data).hexdigest()[:16]}" / TOKENIZER_FILE
+    key = hashlib.sha256(data)
+    if not specials.native:
+        key.update(json.dumps(specials.to_dict(), sort_keys=True).encode())
+    copy = cache_dir / f"tokenizer-given-{key.hexdigest()[:16]}" / TOKENIZER_FILE
     if not (copy.is_file() and copy.read_bytes() == data):
+        if not specials.native:  # first: a reader never finds the copy without its roles
+            write_tokenizer_config(copy.parent, specials, tokenizer)
         write_atomic(copy, data)
     return copy
 

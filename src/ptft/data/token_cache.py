@@ -1,9 +1,11 @@
 """Tokenize a split once into a flat memory-mapped token file, and serve packed blocks.
 
-The file holds every document's token ids followed by ``<eos>``, back to back, as raw
-``uint16`` (vocabulary up to 65,536) or ``uint32``. It lives next to ``tokenizer.json`` and
-its name carries the tokenizer's hash and the texts' hash, so a changed tokenizer or
-corpus never reuses a stale file. A JSON sidecar, written last, marks the file complete.
+The file holds every document's token ids followed by ``<eos>`` (the tokenizer's
+:func:`~ptft.data.tokenizer.document_separator`), back to back, as raw ``uint16``
+(vocabulary up to 65,536) or ``uint32``. It lives next to ``tokenizer.json`` and its name
+carries the tokenizer's hash and the texts' hash (and, for an imported tokenizer, the
+separator id), so a changed tokenizer or corpus never reuses a stale file. A JSON sidecar,
+written last, marks the file complete.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from tokenizers import Tokenizer
 from torch.utils.data import Dataset
 
 from ptft.data.pydoc_corpus import texts_hash
-from ptft.data.tokenizer import EOS_ID, load_tokenizer, tokenizer_hash
+from ptft.data.tokenizer import EOS_ID, document_separator, read_tokenizer, tokenizer_hash
 from ptft.errors import ConfigError
 from ptft.files import atomic_path, locked, write_atomic
 
@@ -47,9 +49,14 @@ def token_dtype(vocab_size: int) -> np.dtype:
 
 
 def encode_documents(
-    tokenizer: Tokenizer, texts: Sequence[str], dtype: np.dtype, batch_size: int = 1024
+    tokenizer: Tokenizer,
+    texts: Sequence[str],
+    dtype: np.dtype,
+    batch_size: int = 1024,
+    separator: int = EOS_ID,
 ) -> Iterator[np.ndarray]:
-    """Yield flat arrays of token ids, each document followed by ``<eos>``, batch by batch."""
+    """Yield flat arrays of token ids, each document followed by ``separator`` (``<eos>``),
+    batch by batch."""
     for start in range(0, len(texts), batch_size):
         encodings = tokenizer.encode_batch(
             list(texts[start : start + batch_size]), add_special_tokens=False
@@ -57,7 +64,7 @@ def encode_documents(
         pieces = []
         for enc in encodings:
             pieces.append(np.asarray(enc.ids, dtype=dtype))
-            pieces.append(np.array([EOS_ID], dtype=dtype))
+            pieces.append(np.array([separator], dtype=dtype))
         yield np.concatenate(pieces)
 
 
@@ -67,13 +74,20 @@ def build_token_file(
     """Tokenize ``texts`` into a token file next to the tokenizer, or reuse the cached one.
 
     ``tokenizer_path`` is a ``tokenizer.json`` or its directory; ``split`` only names the
-    file, the cache key is the tokenizer's hash and the hash of ``texts``.
+    file, the cache key is the tokenizer's hash and the hash of ``texts``, and for an
+    imported tokenizer the separator id (ptft's own always separates with ``<eos>``, and its
+    files keep the names they had before imported tokenizers).
     """
     tokenizer_path = Path(tokenizer_path)
     directory = tokenizer_path if tokenizer_path.is_dir() else tokenizer_path.parent
-    tokenizer = load_tokenizer(tokenizer_path)
+    tokenizer, specials = read_tokenizer(tokenizer_path)
+    separator = document_separator(specials)
     tok_hash, txt_hash = tokenizer_hash(tokenizer), texts_hash(texts)
     stem = f"tokens-{split}-{tok_hash[:12]}-{txt_hash[:12]}"
+    if not specials.native:
+        # the same tokenizer.json read as imported also encodes special-token strings in text
+        # as specials: "-sep" keeps its files apart from the native ones too
+        stem += f"-sep{separator}"
     bin_path, meta_path = directory / f"{stem}.bin", directory / f"{stem}.json"
 
     cached = _read_meta(meta_path, bin_path)
@@ -90,7 +104,7 @@ def build_token_file(
         if cached is not None:
             return cached
         return _write_token_file(
-            tokenizer, texts, bin_path, meta_path, tok_hash, txt_hash, batch_size
+            tokenizer, texts, bin_path, meta_path, tok_hash, txt_hash, batch_size, separator
         )
 
 
@@ -102,12 +116,13 @@ def _write_token_file(
     tok_hash: str,
     txt_hash: str,
     batch_size: int,
+    separator: int = EOS_ID,
 ) -> TokenFile:
     dtype = token_dtype(tokenizer.get_vocab_size())
     num_tokens = 0
     # renamed into place when written, so readers never see a partial file
     with atomic_path(bin_path) as tmp, open(tmp, "wb") as f:
-        for chunk in encode_documents(tokenizer, texts, dtype, batch_size):
+        for chunk in encode_documents(tokenizer, texts, dtype, batch_size, separator):
             f.write(chunk.tobytes())
             num_tokens += len(chunk)
     token_file = TokenFile(str(bin_path), dtype.name, num_tokens, len(texts), tok_hash, txt_hash)

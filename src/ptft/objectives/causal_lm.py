@@ -14,7 +14,7 @@ from tokenizers import Tokenizer
 from torch import Tensor
 
 from ptft.config.bounds import NonNegativeInt, check_arguments
-from ptft.data.tokenizer import EOS_ID, load_tokenizer
+from ptft.data.tokenizer import document_prompt, load_tokenizer, specials_of
 from ptft.modules.language_model import LanguageModel
 from ptft.nn.decoding import generate
 
@@ -45,13 +45,16 @@ class CausalLM(LanguageModel):
 
     def prompt_ids(self, tokenizer: Tokenizer, text: str) -> list[int]:
         """The token ids that start a generation from ``text``: documents follow an ``<eos>``
-        in the pretraining token stream, so the prompt opens a new document."""
-        return [EOS_ID, *tokenizer.encode(text, add_special_tokens=False).ids]
+        in the pretraining token stream, so the prompt opens a new document (an imported
+        tokenizer's: what transformers' tokenizer gives, see
+        :func:`ptft.data.tokenizer.document_prompt`)."""
+        return document_prompt(specials_of(self.backbone), tokenizer, text)
 
     @property
     def stop_ids(self) -> tuple[int, ...]:
         """Ids that end a generation: ``<eos>`` closes the document."""
-        return (EOS_ID,)
+        eos = specials_of(self.backbone).eos
+        return () if eos is None else (eos,)
 
     def on_validation_epoch_end(self) -> None:
         super().on_validation_epoch_end()

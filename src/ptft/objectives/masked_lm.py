@@ -18,6 +18,7 @@ from torch import Tensor
 
 from ptft.config.bounds import Fraction, Seed, check_arguments
 from ptft.data.masking import mask_tokens
+from ptft.data.tokenizer import specials_of
 from ptft.modules.language_model import LanguageModel
 
 
@@ -102,5 +103,12 @@ class MaskedLM(LanguageModel):
                 self._reseed(stage, 0)
             generator = self.generators[stage]
         tokens = batch[:, :-1]  # the datamodule serves block_size + 1 tokens for either objective
-        inputs, labels = mask_tokens(tokens, self.backbone.vocab_size, generator, self.mask_prob)
+        # the special ids, the mask id and the ordinary ids of the backbone's tokenizer
+        inputs, labels = mask_tokens(
+            tokens,
+            self.backbone.vocab_size,
+            generator,
+            self.mask_prob,
+            specials=specials_of(self.backbone),
+        )
         return self(inputs), labels
