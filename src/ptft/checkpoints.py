@@ -72,9 +72,21 @@ HPARAM_NODES = {k: v for k, v in MODEL_NODES.items() if k}
 def read_checkpoint(path: str | Path, key: str) -> dict[str, Any]:
     """The checkpoint at ``path`` (given as ``key=path``), loaded with ``weights_only=True`` (and
     memory-mapped: the tensors are read when used), or a one-line :class:`ConfigError` saying
-    what is wrong with the file."""
+    what is wrong with the file.
+
+    A model directory reads as the checkpoint it stands for: a ``ptft-export
+    format=safetensors`` export, or a Hugging Face model (:mod:`ptft.interop`), neither with
+    pickle."""
     file = Path(path)
     where = f"{key}={path}"
+    if file.is_dir():
+        from ptft.interop.hf import is_hf_dir, read_hf_checkpoint
+        from ptft.interop.safetensors_dir import is_safetensors_dir, read
+
+        if is_safetensors_dir(file):
+            return read(file, key)
+        if is_hf_dir(file):
+            return read_hf_checkpoint(file, key)
     if not file.is_file():
         raise ConfigError(f"{where}: no such checkpoint file")
     if file.stat().st_size == 0:

@@ -65,3 +65,36 @@ def locked(path: str | Path) -> Iterator[None]:
         for leftover in path.parent.glob(f"{glob.escape(path.name)}.*.tmp"):
             leftover.unlink(missing_ok=True)
         yield
+
+
+@contextmanager
+def atomic_dir(path: str | Path, overwrite: bool = False, key: str = "output") -> Iterator[Path]:
+    """A fresh temporary folder next to ``path`` for the block to fill; it becomes ``path`` when
+    the block ends (a folder already there is replaced only then, and only with ``overwrite``)
+    and is removed if the block raises, so an export that fails leaves nothing half-written.
+
+    A non-empty ``path`` without ``overwrite`` is refused in one line before anything is
+    written."""
+    import shutil
+
+    from ptft.errors import ConfigError
+
+    path = Path(path).expanduser().resolve()
+    if path.exists() and not path.is_dir():
+        raise ConfigError(f"{key}={path} is a file; give a directory to write into")
+    if path.is_dir() and any(path.iterdir()) and not overwrite:
+        raise ConfigError(
+            f"{key}={path} exists and is not empty; choose a new directory or pass overwrite=true"
+        )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+    tmp.mkdir()
+    old = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.old")
+    try:
+        yield tmp
+        if path.exists():
+            os.replace(path, old)
+        os.replace(tmp, path)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.rmtree(old, ignore_errors=True)

@@ -1,4 +1,5 @@
-"""``ptft-generate ckpt_path=FILE prompt="…"``: continue text with a causal LM checkpoint.
+"""``ptft-generate ckpt_path=FILE prompt="…"``: continue text with a causal LM checkpoint (a
+``.ckpt``, a run directory, a ``ptft-export`` directory or a Hugging Face model directory).
 
 Greedy by default; ``temperature``, ``top_k`` and ``top_p`` sample instead. The module and
 its tokenizer come from the checkpoint; each completion is printed and written to
@@ -36,8 +37,8 @@ def check(cfg: DictConfig) -> None:
 @one_line_errors
 def main(cfg: DictConfig) -> list[dict[str, Any]]:
     # the commonest mistakes are answered at once, before torch loads (generate_text checks again)
-    if not Path(cfg.ckpt_path).is_file():
-        raise ConfigError(f"ckpt_path={cfg.ckpt_path}: no such checkpoint file")
+    if not Path(cfg.ckpt_path).expanduser().exists():
+        raise ConfigError(f"ckpt_path={cfg.ckpt_path}: no such checkpoint file or model directory")
     if cfg.prompt is None and not cfg.prompts:
         raise ConfigError(NO_PROMPT)
     from ptft.runs.console import quiet_libraries

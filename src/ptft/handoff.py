@@ -1,6 +1,7 @@
 """The pretrain → fine-tune handoff: load only a backbone's weights, and its architecture.
 
-``model.pretrained=PATH`` (a ``.ckpt`` file or a run directory) replaces the config's
+``model.pretrained=PATH`` (a ``.ckpt`` file, a run directory, a ``ptft-export
+format=safetensors`` directory or a Hugging Face model directory) replaces the config's
 ``model.backbone`` with the backbone config stored in the checkpoint, builds the new
 module, and loads the ``backbone.*`` tensors strictly. Anything that does not fit is a
 clear error, never a silent partial load. This is not a resume (``ckpt_path=``).
@@ -42,15 +43,19 @@ class Pretrained:
     tokenizer: str | None = None
 
 
-def resolve_checkpoint(path: str | Path) -> Path:
-    """A ``.ckpt`` file as given, or ``checkpoints/last.ckpt`` inside a run directory."""
+def resolve_checkpoint(path: str | Path, key: str = "model.pretrained") -> Path:
+    """A ``.ckpt`` file or a model directory (an export, a Hugging Face model) as given, or
+    ``checkpoints/last.ckpt`` inside a run directory."""
+    from ptft.interop.hf import is_hf_dir
+    from ptft.interop.safetensors_dir import is_safetensors_dir
+
     p = Path(path).expanduser()
     if not p.exists():
         raise ConfigError(
-            f"model.pretrained={path}: no such file or directory; "
-            "pass a .ckpt file or a run directory"
+            f"{key}={path}: no such file or directory; pass a .ckpt file, a run directory or "
+            "a model directory (ptft-export, Hugging Face)"
         )
-    if p.is_file():
+    if p.is_file() or is_safetensors_dir(p) or is_hf_dir(p):
         return p
     for candidate in (p / "checkpoints" / "last.ckpt", p / "last.ckpt"):
         if candidate.is_file():
@@ -59,9 +64,11 @@ def resolve_checkpoint(path: str | Path) -> Path:
     if len(found) == 1:
         return found[0]
     what = "several checkpoints: " + ", ".join(f.name for f in found) if found else "no checkpoint"
-    raise ConfigError(
-        f"model.pretrained={path} is a directory with {what}; pass the .ckpt file itself"
-    )
+    raise ConfigError(f"{key}={path} is a directory with {what}; pass the .ckpt file itself")
+
+
+#: what ``ptft-eval``, ``ptft-generate`` and :func:`ptft.interop.hf.load` accept: the same
+resolve_model_source = resolve_checkpoint
 
 
 def read_pretrained(path: str | Path, backbone: Mapping[str, Any] | None = None) -> Pretrained:
@@ -117,6 +124,27 @@ def read_pretrained(path: str | Path, backbone: Mapping[str, Any] | None = None)
     )
 
 
+#: backbone tensors that only a language model's head reads (an untied output matrix, BERT's
+#: transform and output bias)
+LM_HEAD_PARTS = ("lm_output.", "lm_transform.", "lm_bias.")
+
+
+def without_lm_head(pretrained: Pretrained) -> Pretrained:
+    """The backbone for a task that does not score tokens (a classifier): its LM-head parts are
+    left in the checkpoint (listed as skipped), so no parameter sits unused in the task."""
+    if pretrained.config.get("lm_head", "tied") == "tied":
+        return pretrained
+    dropped = sorted(k for k in pretrained.weights if k.startswith(LM_HEAD_PARTS))
+    return Pretrained(
+        pretrained.path,
+        {**pretrained.config, "lm_head": "tied"},
+        pretrained.input_shape,
+        {k: v for k, v in pretrained.weights.items() if k not in dropped},
+        pretrained.skipped + [PREFIX + k for k in dropped],
+        pretrained.tokenizer,
+    )
+
+
 def _shape(value: Any) -> bool:
     return isinstance(value, list) and all(
         isinstance(n, int) and not isinstance(n, bool) for n in value
@@ -124,10 +152,15 @@ def _shape(value: Any) -> bool:
 
 
 def with_tokenizer(
-    data_cfg: dict[str, Any], tokenizer_json: str, directory: Path, source: str
+    data_cfg: dict[str, Any],
+    tokenizer_json: str,
+    directory: Path,
+    source: str,
+    special_tokens: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The data config, set to encode text with ``tokenizer_json`` (saved as
-    ``directory/tokenizer.json``).
+    ``directory/tokenizer.json``; an imported tokenizer's ``special_tokens`` roles, from the
+    backbone config, go beside it as ``tokenizer_config.json``).
 
     Data whose datamodule takes no ``tokenizer`` (images) is returned unchanged. A
     ``data.tokenizer`` the user set that differs from the checkpoint's is refused: token ids
@@ -145,6 +178,14 @@ def with_tokenizer(
             )
     directory.mkdir(parents=True, exist_ok=True)
     target = directory / TOKENIZER_FILE
+    if special_tokens:
+        from tokenizers import Tokenizer
+
+        from ptft.data.tokenizer import SpecialTokens, write_tokenizer_config
+
+        specials = SpecialTokens.from_dict(dict(special_tokens))
+        if not specials.native:  # the roles first: a reader of tokenizer.json finds them
+            write_tokenizer_config(directory, specials, Tokenizer.from_str(tokenizer_json))
     write_atomic(target, tokenizer_json)  # another rank may be writing the same file
     log.info("text is encoded with the tokenizer of %s (saved to %s)", source, target)
     return {**data_cfg, "tokenizer": str(target)}

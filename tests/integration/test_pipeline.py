@@ -272,11 +272,17 @@ def test_every_study_composes_for_every_method(study):
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
-        (["tasks.digits.methods=[scratch,lora]"], "tasks.digits.methods: ['lora'] are not known"),
+        (
+            ["tasks.digits.methods=[scratch,prompt_tuning]"],
+            "tasks.digits.methods: ['prompt_tuning'] are not known",
+        ),
         (["pipeline=text", "tasks.package.methods=[scratch,svc]"], "svc fits raw pixels"),
         (["tasks.digits.label_fractions=[0.0]"], "tasks.digits.label_fractions"),
         (
-            ["pipeline=text", '+tasks.names.method_overrides.finetune=["model.finetune=full"]'],
+            [
+                "pipeline=text",
+                '+tasks.names.method_overrides.finetune=["model.finetune=linear_probe"]',
+            ],
             "tasks.names",
         ),
     ],

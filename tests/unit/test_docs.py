@@ -44,7 +44,8 @@ ENTRY_POINTS = {
     "ptft-eval": "eval",
     "ptft-generate": "generate",
     "ptft-pipeline": "pipeline",
-    **{f"ptft.{name}": name for name in ("train", "eval", "generate", "pipeline")},
+    "ptft-export": "export",
+    **{f"ptft.{name}": name for name in ("train", "eval", "generate", "export", "pipeline")},
 }
 SHELL_BLOCKS = {"bash", "sh", "shell", "console"}
 #: ``<ts>``, ``<run>``, ``<run dir>``: whatever the reader fills in
@@ -204,6 +205,7 @@ CHECKS = {
     "train": "ptft.config.validate.validate",
     "eval": "ptft.config.validate.validate",
     "generate": "ptft.generate.check",
+    "export": "ptft.export.check",
     # the study composes and validates every run it will make, pretraining included
     "pipeline": "ptft.study.runner.check",
 }
@@ -234,7 +236,7 @@ def compose_as_entry_point(config: str, overrides: list[str], output_dir: Path) 
 
 def test_the_pages_have_commands() -> None:
     configs = {c.config for c in COMMANDS}
-    assert configs == {"train", "eval", "generate", "pipeline"}, configs
+    assert configs == {"train", "eval", "generate", "export", "pipeline"}, configs
     assert len(COMMANDS) > 30
 
 

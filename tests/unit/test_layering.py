@@ -131,7 +131,7 @@ SIDE_EFFECTS_PROBE = r"""
 import ast, importlib, json, logging, os, pathlib, sys, warnings
 
 src = pathlib.Path(sys.argv[1])
-ENTRY = {"ptft.train", "ptft.eval", "ptft.generate", "ptft.pipeline"}
+ENTRY = {"ptft.train", "ptft.eval", "ptft.generate", "ptft.export", "ptft.pipeline"}
 
 def name_of(path):
     parts = ("ptft", *path.relative_to(src).with_suffix("").parts)

@@ -139,6 +139,24 @@ class EvalConfig:
 
 
 @dataclass
+class ExportConfig:
+    """``export.yaml``: ``ptft-export ckpt_path=… format=hf|safetensors|onnx|peft output=DIR``."""
+
+    task_name: NonEmptyStr = "export"
+    ckpt_path: CheckpointPath = MISSING
+    # hf | safetensors | onnx | peft (checked by ptft.export.check)
+    format: NonEmptyStr = "hf"
+    output: NonEmptyStr = MISSING
+    # replace a non-empty output directory (only once the new one is complete)
+    overwrite: bool = False
+    # format=onnx: compare onnxruntime's outputs with torch's on sample inputs
+    check: bool = True
+    # your own classes the checkpoint names, as in EvalConfig (SECURITY.md)
+    model: Any = field(default_factory=open_node)
+    paths: PathsConfig = field(default_factory=PathsConfig)
+
+
+@dataclass
 class GenerateConfig:
     """``generate.yaml``: ``ptft-generate ckpt_path=… prompt=…`` continues text with a causal LM."""
 
@@ -201,6 +219,7 @@ SCHEMAS: dict[str, dict[str, type]] = {
         "eval": EvalConfig,
         "pipeline": PipelineConfig,
         "generate": GenerateConfig,
+        "export": ExportConfig,
     },
     "schema/trainer": {"trainer": TrainerConfig},
     "schema/paths": {"paths": PathsConfig},

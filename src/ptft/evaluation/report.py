@@ -74,8 +74,16 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     out_dir = Path(cfg.paths.output_dir)
     tokenizer = record.get("tokenizer")
     data_cfg = plain(cfg.data) if cfg.get("data") else record["data"]
+    if not data_cfg:  # a model directory (Hugging Face, an export) brings no data of its own
+        raise ConfigError(
+            f"ckpt_path={cfg.ckpt_path} names no data to test on; pass data=… "
+            "(e.g. data=pydoc_text)"
+        )
     if tokenizer is not None:  # the run directory the record names may have moved
-        data_cfg = with_tokenizer(data_cfg, tokenizer, out_dir, f"ckpt_path={cfg.ckpt_path}")
+        specials = getattr(module.backbone, "special_tokens", None)
+        data_cfg = with_tokenizer(
+            data_cfg, tokenizer, out_dir, f"ckpt_path={cfg.ckpt_path}", specials
+        )
     datamodule = build_datamodule(data_cfg, supervised=type(module).supervised)
     require_test_split(datamodule, data_cfg, cfg.ckpt_path)
     predictions = TestPredictions() if isinstance(module, Classifier) else None

@@ -6,6 +6,7 @@ every checkpoint for the handoff.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
@@ -16,6 +17,8 @@ from ptft.errors import ConfigError
 from ptft.monitors.flops import token_count
 from ptft.nn.backbone import Backbone, build_backbone
 from ptft.optim import LRScaling, ScaledLR, param_groups, scaled_lr, with_gradual_warmup
+
+log = logging.getLogger(__name__)
 
 
 def instantiate_partial(config: Mapping[str, Any], *args: Any, **kwargs: Any) -> Any:
@@ -70,6 +73,9 @@ class BackboneModule(L.LightningModule):
         self.optimize_frozen = False
         #: the effective learning-rate values of this fit, logged when training starts
         self.lr_report: dict[str, float] = {}
+        #: ``model.finetune=lora``: the adapters' settings until they go in, then None
+        #: (:meth:`configure_lora`, :meth:`inject_lora`)
+        self.pending_lora: dict[str, Any] | None = None
 
     def configure_lr(
         self, discriminative_lr: float | None = None, lr_scaling: Mapping[str, Any] | None = None
@@ -82,6 +88,48 @@ class BackboneModule(L.LightningModule):
             )
         self.discriminative_lr = discriminative_lr
         self.lr_scaling = LRScaling.from_config(lr_scaling)
+
+    def configure_lora(self, lora: Mapping[str, Any] | None) -> None:
+        """``model.finetune=lora`` (:mod:`ptft.interop.lora`): check the settings against the
+        backbone now (peft installed, the keys, targets that match Linear layers: one line each),
+        freeze the backbone, and leave the adapters to :meth:`inject_lora`.
+
+        The adapters go in later, not here: the handoff (``model.pretrained=``) loads the
+        pretrained weights into the module once it is built, into the backbone's plain layers,
+        whose weights the adapters would rename (``…qkv.base_layer.weight``). The run layer
+        puts them in once the module is complete (``runs.build.build_model`` after the handoff,
+        ``runs.load.load_run`` before it loads a LoRA checkpoint); a module built in Python
+        gets them when Lightning configures it (:meth:`configure_model`, before the optimizer,
+        a resumed state and DDP's wrapping) or from an explicit :meth:`inject_lora`."""
+        from ptft.interop.lora import check_lora
+
+        check_lora(self.backbone, lora)
+        self.backbone.requires_grad_(False)
+        self.pending_lora = dict(lora or {})
+
+    def inject_lora(self) -> None:
+        """Put the pending LoRA adapters into the backbone (once; nothing when none pend)."""
+        if self.pending_lora is None:
+            return
+        from ptft.interop.lora import apply_lora
+
+        config, self.pending_lora = self.pending_lora, None
+        adapters = apply_lora(self.backbone, config)
+        if self._trainer is None or self.trainer.is_global_zero:
+            params = list(self.parameters())
+            trainable = sum(p.numel() for p in params if p.requires_grad)
+            total = sum(p.numel() for p in params)
+            log.info(
+                "LoRA: %d adapter parameters in the backbone; %d of %d parameters train (%.2f%%)",
+                adapters,
+                trainable,
+                total,
+                100.0 * trainable / max(total, 1),
+            )
+
+    def configure_model(self) -> None:
+        # Lightning's hook for making layers, before the optimizer, a resumed state and DDP
+        self.inject_lora()
 
     @property
     def train_labels(self) -> bool:

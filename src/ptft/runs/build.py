@@ -23,7 +23,7 @@ from ptft.config.targets import locate
 from ptft.config.validate import MODEL_RUN_KEYS, SUPPLIED, with_defaults
 from ptft.data.protocol import LabelledTrainData
 from ptft.errors import ConfigError
-from ptft.handoff import Pretrained, load_backbone, read_pretrained
+from ptft.handoff import Pretrained, load_backbone, read_pretrained, without_lm_head
 from ptft.modules.backbone_module import BackboneModule
 from ptft.runs.checkpoint_io import AtomicCheckpointIO
 from ptft.runs.distributed import batchnorm_sync, resolve_strategy
@@ -57,6 +57,7 @@ def build_model(
         model = cls(**kwargs)
     else:
         model = _from_pretrained(cls, kwargs, pretrained)
+    model.inject_lora()  # model.finetune=lora: the adapters go in once the weights are in place
     if compile_backbone:
         # nn.Module.compile compiles in place: the state dict keeps its keys (no "_orig_mod."),
         # so checkpoints stay loadable by uncompiled models and by the handoff
@@ -77,6 +78,10 @@ def _from_pretrained(
             "pretrained on; fine-tune it on data of that kind, or pretrain on this data first "
             "(images: experiment=digits_simclr; text: experiment=pydoc_gpt)"
         )
+    from ptft.modules.language_model import LanguageModel
+
+    if not issubclass(cls, LanguageModel):  # a task that scores no tokens needs no LM head
+        pretrained = without_lm_head(pretrained)
     if pretrained.config != kwargs.get("backbone"):
         log.info(
             "backbone architecture from %s: %s (model.backbone is ignored)",

@@ -83,8 +83,20 @@ def train(cfg: DictConfig) -> dict[str, float]:
     if pretrained is not None and pretrained.tokenizer is not None:
         # fine-tuning reads text exactly as the backbone was pretrained on it
         data_cfg = with_tokenizer(
-            data_cfg, pretrained.tokenizer, output_dir, f"model.pretrained={pretrained.path}"
+            data_cfg,
+            pretrained.tokenizer,
+            output_dir,
+            f"model.pretrained={pretrained.path}",
+            pretrained.config.get("special_tokens"),
         )
+    elif data_cfg.get("tokenizer") and isinstance(model_cfg.get("backbone"), dict):
+        # from scratch on an imported tokenizer: the model frames, masks and pools with its ids
+        from ptft.data.tokenizer import special_tokens_of
+
+        specials = special_tokens_of(data_cfg["tokenizer"])
+        if not specials.native:
+            roles = {"special_tokens": specials.to_dict(), "pad_token_id": specials.pad_id}
+            model_cfg["backbone"] = {**model_cfg["backbone"], **roles}
     model = build_model(model_cfg, pretrained)
     if cfg.get("ckpt_path"):  # one line for a file that cannot resume this model
         check_resume(cfg.ckpt_path, model)

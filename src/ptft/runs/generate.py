@@ -15,7 +15,7 @@ from omegaconf import DictConfig, OmegaConf
 from tokenizers import Tokenizer
 
 from ptft.cli import NO_PROMPT
-from ptft.data.tokenizer import check_special_ids, plain_text
+from ptft.data.tokenizer import check_special_ids, plain_text, specials_of
 from ptft.errors import ConfigError
 from ptft.modules.language_model import LanguageModel
 from ptft.nn.decoding import check_sampling, generate, stop_reason
@@ -42,7 +42,8 @@ def can_generate(module: Any) -> bool:
 def load_generator(
     ckpt_path: str | Path, model: Mapping[str, Any] | None = None
 ) -> tuple[LanguageModel, Tokenizer]:
-    """The module and the tokenizer saved in a ptft checkpoint, or a one-line ``ConfigError``;
+    """The module and the tokenizer saved in a ptft checkpoint (or a model directory), or a
+    one-line ``ConfigError``;
     ``model`` is the user's own model config, naming classes of theirs the file may name
     (:func:`ptft.runs.load.load_run`)."""
     module, record = load_run(ckpt_path, model)
@@ -61,6 +62,8 @@ def load_generator(
         raise ConfigError(
             f"ckpt_path={ckpt_path}: its tokenizer (ptft_tokenizer) does not load ({err})"
         ) from None
+    if not specials_of(module.backbone).native:  # an imported tokenizer: read as transformers does
+        return module, tokenizer
     check_special_ids(tokenizer, source=f"the tokenizer in {ckpt_path}")
     return module, plain_text(tokenizer)
 

@@ -37,8 +37,10 @@ def load_run(
     ``model`` and ``data`` are the user's own composed configs (``ptft-eval model._target_=…``),
     if any: a class of the user's that the checkpoint names is allowed where they name the same
     one; anything else the file names must be ptft's own code of the expected kind."""
+    from ptft.handoff import resolve_checkpoint
+
     where = f"ckpt_path={path}"
-    checkpoint = read_checkpoint(path, "ckpt_path")
+    checkpoint = read_checkpoint(resolve_checkpoint(path, "ckpt_path"), "ckpt_path")
     record, backbone = checkpoint.get("ptft_run"), checkpoint.get("ptft_backbone")
     hparams = checkpoint.get("hyper_parameters")
     if (
@@ -82,6 +84,10 @@ def load_run(
         raise ConfigError(
             f"{where}: its hyper_parameters do not build a {cls.__name__} ({_first_line(err)})"
         ) from None
+    from ptft.interop.lora import is_adapter_key
+
+    if any(is_adapter_key(k) for k in checkpoint["state_dict"]):
+        module.inject_lora()  # a LoRA run's checkpoint holds its adapters
     try:
         module.load_state_dict(checkpoint["state_dict"])
     except (RuntimeError, TypeError, ValueError) as err:

@@ -26,7 +26,7 @@ RATES = ("acc", "f1", "exact_match")
 #: metric names (after ``stage/``) where lower is better
 LOWER_IS_BETTER = ("loss", "ppl")
 #: methods that start from the pretraining checkpoint (the study's return value is theirs)
-PRETRAINED_METHODS = ("linear_probe", "finetune", "gradual_unfreeze", "discriminative_lr")
+PRETRAINED_METHODS = ("linear_probe", "finetune", "gradual_unfreeze", "discriminative_lr", "lora")
 
 
 @dataclass

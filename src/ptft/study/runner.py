@@ -38,9 +38,9 @@ from ptft.study.report import PRETRAINED_METHODS, Result, TaskColumns, write_rep
 
 log = logging.getLogger(__name__)
 
-#: scratch: random init | linear_probe, finetune, gradual_unfreeze, discriminative_lr: the
-#: pretrained backbone (how each freezes or steps comes from the task's method_overrides) |
-#: svc: SVC on raw pixels (images only)
+#: scratch: random init | linear_probe, finetune, gradual_unfreeze, discriminative_lr, lora: the
+#: pretrained backbone (how each freezes, adapts or steps comes from the task's
+#: method_overrides, e.g. lora: [model.finetune=lora]) | svc: SVC on raw pixels (images only)
 METHODS = ("scratch", *PRETRAINED_METHODS, "svc")
 #: what the SVC baseline measures
 SVC_METRICS = ("test/acc", "test/f1")

@@ -4,7 +4,9 @@
 (weights and batch-norm statistics) and trains only the head; ``finetune="gradual_unfreeze"``
 (Howard & Ruder 2018) starts like the linear probe and unfreezes one backbone layer group
 per ``unfreeze_epochs`` epochs, from the top down, when an epoch starts
-(:func:`ptft.optim.unfreeze_top`).
+(:func:`ptft.optim.unfreeze_top`); ``finetune="lora"`` (Hu et al. 2021) freezes the backbone
+and trains low-rank adapters in it (``lora``: :class:`ptft.interop.lora.LoRAConfig`) and the
+head.
 """
 
 from __future__ import annotations
@@ -23,12 +25,13 @@ from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
 from ptft.config.bounds import PositiveFloat, PositiveInt, Probability, check_arguments
 from ptft.data.augment import Augment, AugmentConfig
 from ptft.errors import ConfigError
+from ptft.interop.lora import LoRAConfig
 from ptft.modules.backbone_module import BackboneModule
 from ptft.optim import LRScalingConfig, frozen_groups, layer_groups_of, unfreeze_stage, unfreeze_top
 
 log = logging.getLogger(__name__)
 
-FinetuneMode = Literal["full", "linear_probe", "gradual_unfreeze"]
+FinetuneMode = Literal["full", "linear_probe", "gradual_unfreeze", "lora"]
 FINETUNE_MODES: tuple[str, ...] = typing.get_args(FinetuneMode)
 
 
@@ -51,6 +54,7 @@ class Classifier(BackboneModule):
         unfreeze_epochs: PositiveInt = 1,
         discriminative_lr: PositiveFloat | None = None,
         lr_scaling: LRScalingConfig | None = None,
+        lora: LoRAConfig | None = None,
     ) -> None:
         if finetune not in FINETUNE_MODES:
             raise ConfigError(f"model.finetune='{finetune}' is not one of {list(FINETUNE_MODES)}")
@@ -81,6 +85,9 @@ class Classifier(BackboneModule):
             # Lightning keeps the modes modules have (it no longer calls .train() at fit
             # start), so the frozen backbone is put in eval mode here, and kept there by train()
             self.train()
+        if finetune == "lora":
+            # the backbone stays frozen; its adapters go in after the handoff (inject_lora)
+            self.configure_lora(lora)
         metrics = MetricCollection(
             {
                 "acc": MulticlassAccuracy(num_classes, average="micro"),

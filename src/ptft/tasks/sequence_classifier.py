@@ -13,8 +13,9 @@ from typing import Any, Literal
 import torch
 
 from ptft.config.bounds import PositiveFloat, PositiveInt, Probability, check_arguments
-from ptft.data.tokenizer import PAD_ID
+from ptft.data.tokenizer import specials_of
 from ptft.errors import ConfigError
+from ptft.interop.lora import LoRAConfig
 from ptft.nn.pooling import pool, resolve_pooling
 from ptft.optim import LRScalingConfig
 from ptft.tasks.classifier import Classifier, FinetuneMode
@@ -37,6 +38,7 @@ class SequenceClassifier(Classifier):
         unfreeze_epochs: PositiveInt = 1,
         discriminative_lr: PositiveFloat | None = None,
         lr_scaling: LRScalingConfig | None = None,
+        lora: LoRAConfig | None = None,
     ) -> None:
         check_arguments(SequenceClassifier.__init__, "model", locals())
         super().__init__(
@@ -52,8 +54,11 @@ class SequenceClassifier(Classifier):
             unfreeze_epochs=unfreeze_epochs,
             discriminative_lr=discriminative_lr,
             lr_scaling=lr_scaling,
+            lora=lora,
         )
-        self.save_hyperparameters()
+        # the image classifier's augment is none of this class's arguments: ptft-eval rebuilds
+        # the module from these hyper-parameters
+        self.save_hyperparameters(ignore=["augment"])
         if not hasattr(self.backbone, "token_embedding"):
             raise ConfigError(
                 "model=sequence_classifier needs a token backbone; use model/backbone=transformer"
@@ -66,7 +71,10 @@ class SequenceClassifier(Classifier):
     def training_flops(self, batch: Sequence[torch.Tensor]) -> float | None:
         """When everything trains: the backbone's ``6N + 12·L·H·Q·T`` per token and the linear
         head's ``6·d·C`` per sequence (pooling is no matmul work). A frozen or partly frozen
-        backbone runs no or part of its backward: None, and the FLOPs are measured."""
+        backbone runs no or part of its backward: None, and the FLOPs are measured. So with
+        LoRA: the backward runs through the whole backbone for the activations' gradients, but
+        computes weight gradients only for the adapters and the head, which the measurement
+        (on a copy with the same ``requires_grad``) counts as they run."""
         if self.finetune != "full":
             return None
         batch_size, seq_len = batch[0].shape
@@ -75,5 +83,7 @@ class SequenceClassifier(Classifier):
 
     def features(self, tokens: torch.Tensor) -> torch.Tensor:
         # a bidirectional backbone masks the padding itself; a causal one needs no mask for
-        # right padding, since no real token attends to a later position
-        return pool(self.backbone(tokens), tokens != PAD_ID, self.pooling)
+        # right padding, since no real token attends to a later position; the padding is the
+        # tokenizer's pad id (<pad>, or the eos of a tokenizer without one, such as GPT-2's)
+        real = tokens != specials_of(self.backbone).pad_id
+        return pool(self.backbone(tokens), real, self.pooling)

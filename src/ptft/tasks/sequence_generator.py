@@ -4,12 +4,17 @@ The whole pretrained language model carries over (the output layer is tied to th
 embedding, so ``model.pretrained`` hands over the head too). The loss is the log-likelihood
 of the target tokens only; validation and test also decode every prompt greedily and count
 an exact match when the decode, up to its ``<eos>``, equals the target.
+
+``finetune="full"`` trains everything; ``finetune="lora"`` (Hu et al. 2021) trains only
+low-rank adapters in the backbone (``lora``: :class:`ptft.interop.lora.LoRAConfig`): the
+embeddings and norms stay frozen, and so does the output layer, which *is* the token embedding.
 """
 
 from __future__ import annotations
 
+import typing
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from tokenizers import Tokenizer
@@ -18,9 +23,13 @@ from torchmetrics import MeanMetric
 
 from ptft.config.bounds import PositiveInt, check_arguments
 from ptft.data.masking import IGNORE_INDEX
-from ptft.data.tokenizer import EOS_ID, SEP_ID
+from ptft.data.tokenizer import prompt_prefix, specials_of
+from ptft.errors import ConfigError
+from ptft.interop.lora import LoRAConfig
 from ptft.modules.language_model import LanguageModel
 from ptft.nn.decoding import generate
+
+GeneratorFinetuneMode = Literal["full", "lora"]
 
 
 def split_pairs(tokens: Tensor, labels: Tensor) -> tuple[list[list[int]], list[list[int]]]:
@@ -47,20 +56,33 @@ class SequenceGenerator(LanguageModel):
         optimizer: Mapping[str, Any],
         scheduler: Mapping[str, Any] | None = None,
         max_new_tokens: PositiveInt = 24,
+        finetune: GeneratorFinetuneMode = "full",
+        lora: LoRAConfig | None = None,
     ) -> None:
+        modes = typing.get_args(GeneratorFinetuneMode)
+        if finetune not in modes:
+            raise ConfigError(f"model.finetune='{finetune}' is not one of {list(modes)}")
         check_arguments(SequenceGenerator.__init__, "model", locals())
         super().__init__(backbone, input_shape, optimizer, scheduler)
         self.save_hyperparameters()
         self.max_new_tokens = max_new_tokens
+        self.finetune = finetune
+        if finetune == "lora":
+            # the tied output layer is the token embedding: frozen with the rest of the backbone
+            self.configure_lora(lora)
         self.exact_match = nn.ModuleDict({s: MeanMetric() for s in ("val", "test")})
 
     @property
     def stop_ids(self) -> tuple[int, ...]:
-        return (EOS_ID,)
+        """The tokenizer's eos (a target ends with it)."""
+        eos = specials_of(self.backbone).eos
+        return () if eos is None else (eos,)
 
     def prompt_ids(self, tokenizer: Tokenizer, text: str) -> list[int]:
-        """A prompt framed as in training: ``<eos> text <sep>``; the model writes the target."""
-        return [EOS_ID, *tokenizer.encode(text, add_special_tokens=False).ids, SEP_ID]
+        """A prompt framed as in training (:func:`ptft.data.tokenizer.prompt_prefix`): ``<eos>
+        text <sep>``; the model writes the target."""
+        ids = tokenizer.encode(text, add_special_tokens=False).ids
+        return prompt_prefix(specials_of(self.backbone), ids)
 
     def input_tokens(self, batch: Sequence[Tensor]) -> Tensor:
         """The tokens ``(B, T)`` of a ``(tokens, labels)`` batch."""
@@ -69,6 +91,13 @@ class SequenceGenerator(LanguageModel):
     def logits_and_labels(self, batch: Sequence[Tensor], stage: str) -> tuple[Tensor, Tensor]:
         tokens, labels = batch
         return self(tokens), labels
+
+    def training_flops(self, batch: Sequence[Tensor]) -> float | None:
+        """The LM's analytic count when everything trains; with LoRA, None: measured, since the
+        backward computes weight gradients for the adapters only."""
+        if self.finetune != "full":
+            return None
+        return super().training_flops(batch)
 
     def _eval_step(self, batch: Sequence[Tensor], stage: str) -> None:
         super()._eval_step(batch, stage)
