@@ -269,3 +269,26 @@ def test_scratch_model_on_an_imported_tokenizer_takes_its_roles(dirs, cache, tmp
     roles = special_tokens_of(dirs["bert"])
     assert backbone["special_tokens"] == roles.to_dict() and not roles.native
     assert backbone["pad_token_id"] == roles.pad == 0
+
+
+def test_ptft_eval_scores_a_hugging_face_directory_before_any_training(dirs, cache, tmp_path):
+    from ptft.evaluation.report import evaluate
+
+    cfg = compose_train(
+        [
+            f"ckpt_path={dirs['gpt2']}",
+            "data=pydoc_text",
+            f"data.cache_dir={cache}",
+            "data.block_size=32",
+            "trainer.limit_test_batches=2",
+            *QUIET[2:],
+        ],
+        tmp_path,
+        config_name="eval",
+    )
+    evaluate(cfg)
+    report = json.loads((tmp_path / "metrics.json").read_text())
+    assert report["checkpoint"] == str(dirs["gpt2"])
+    vocab = hf.load(dirs["gpt2"]).backbone.vocab_size
+    # a random model is close to uniform over its vocabulary: perplexity near its size
+    assert 0.8 * vocab < report["metrics"]["test/ppl"] < 1.25 * vocab, report

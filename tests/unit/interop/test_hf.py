@@ -325,3 +325,52 @@ def test_export_refuses_a_non_empty_directory_and_leaves_it_alone(ptft_tokenizer
     hf.save(module, out, tokenizer=ptft_tokenizer.to_str(), overwrite=True)
     assert (out / "model.safetensors").is_file() and not (out / "keep.txt").exists()
     assert [p.name for p in tmp_path.iterdir()] == ["out"]  # no temporary folder left
+
+
+@pytest.mark.parametrize("name", ["gpt2", "llama"])
+def test_an_imported_causal_model_goes_back_to_its_own_architecture_bit_for_bit(
+    hf_dirs, name, tmp_path
+):
+    module = hf.load(hf_dirs[name])
+    out = hf.save(module, tmp_path / name, tokenizer=(hf_dirs[name] / "tokenizer.json").read_text())
+    original = reference(hf_dirs[name], masked=False)
+    exported, info = transformers.AutoModelForCausalLM.from_pretrained(
+        str(out), output_loading_info=True
+    )
+    assert type(exported) is type(original) and not any(info.values()), info
+    mine, theirs = exported.state_dict(), original.state_dict()
+    assert mine.keys() == theirs.keys()
+    assert all(torch.equal(mine[k], theirs[k]) for k in mine)
+    tokenizer = transformers.AutoTokenizer.from_pretrained(str(out))
+    reference_tokenizer = transformers.AutoTokenizer.from_pretrained(str(hf_dirs[name]))
+    assert tokenizer(PROMPTS[1]).input_ids == reference_tokenizer(PROMPTS[1]).input_ids
+    assert tokenizer.eos_token_id == reference_tokenizer.eos_token_id
+
+
+def test_a_lora_generator_exports_merged_with_the_unmerged_logits(ptft_tokenizer, tmp_path):
+    """ptft-export format=hf of a LoRA fine-tune: the adapters merged into the weights give the
+    adapted model's logits (1e-5), in transformers."""
+    pytest.importorskip("peft")
+    from ptft.tasks.sequence_generator import SequenceGenerator
+
+    backbone = dict(causal_module(ptft_tokenizer, positions="learned").backbone_config)
+    torch.manual_seed(3)
+    module = SequenceGenerator(
+        backbone=backbone, input_shape=(16,), optimizer=OPT, finetune="lora", lora={"r": 4}
+    )
+    module.inject_lora()
+    optimizer = torch.optim.AdamW([p for p in module.parameters() if p.requires_grad], lr=1e-2)
+    for _ in range(3):
+        batch = torch.randint(7, backbone["vocab_size"], (4, 17))
+        token_loss(module(batch[:, :-1]), batch[:, 1:]).backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    module.eval()
+    out = hf.save(module, tmp_path / "merged", tokenizer=ptft_tokenizer.to_str())
+    model, info = transformers.AutoModelForCausalLM.from_pretrained(
+        str(out), output_loading_info=True
+    )
+    assert not any(info.values()), info
+    ids = torch.randint(7, backbone["vocab_size"], (2, 11))
+    with torch.no_grad():
+        torch.testing.assert_close(model.eval()(ids).logits, module(ids), atol=1e-5, rtol=0)
