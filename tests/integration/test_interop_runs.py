@@ -14,6 +14,7 @@ transformers = pytest.importorskip("transformers")
 
 from ptft.checkpoints import read_checkpoint  # noqa: E402
 from ptft.data.tokenizer import load_tokenizer, special_tokens_of  # noqa: E402
+from ptft.errors import ConfigError  # noqa: E402
 from ptft.export import check  # noqa: E402
 from ptft.interop import hf  # noqa: E402
 from ptft.runs.export import export  # noqa: E402
@@ -183,19 +184,17 @@ def test_ptft_export_hf_and_safetensors_from_a_run(gpt_run, cache, tmp_path):
     }
     with torch.no_grad():
         torch.testing.assert_close(hf.load(out)(ids), module(ids), rtol=0, atol=0)
+    # continued pretraining from the export: its architecture and tokenizer come along
     cfg = compose_train(
-        [
-            "experiment=pydoc_name_generator",
-            f"model.pretrained={out}",
-            f"data.cache_dir={cache}",
-            "model.max_new_tokens=4",
-            *SHORT,
-        ],
-        tmp_path / "gen",
+        ["experiment=pydoc_gpt", f"model.pretrained={out}", f"data.cache_dir={cache}", *SHORT],
+        tmp_path / "more",
     )
     assert train(cfg)
-    first = read_checkpoint(tmp_path / "gen" / "checkpoints" / "last.ckpt", "ckpt_path")
-    assert first["ptft_backbone"]["config"] == read_checkpoint(out, "x")["ptft_backbone"]["config"]
+    more = read_checkpoint(tmp_path / "more" / "checkpoints" / "last.ckpt", "ckpt_path")
+    assert more["ptft_backbone"]["config"] == read_checkpoint(out, "x")["ptft_backbone"]["config"]
+    assert (tmp_path / "more" / "tokenizer.json").read_text() == (
+        out / "tokenizer.json"
+    ).read_text()
 
 
 def compose_export(ckpt: Path, fmt: str, out: Path, tmp_path: Path):
@@ -238,11 +237,9 @@ def test_ptft_export_errors_are_one_line_and_write_nothing(gpt_run, tmp_path):
         .endswith("format=pickle is not one of hf, safetensors, onnx, peft")
     )
     assert not (tmp_path / "outputs").exists()  # refused before Hydra made a run directory
-    peft = run_cli(
-        ["ptft.export", f"ckpt_path={gpt_run}", "format=peft", f"output={tmp_path / 'y'}"],
-        cwd=tmp_path,
-    )
-    assert peft.returncode == 2 and "holds no LoRA adapter" in peft.stderr
+    with pytest.raises(ConfigError, match="holds no LoRA adapter") as err:
+        export(compose_export(gpt_run, "peft", tmp_path / "y", tmp_path))
+    assert "\n" not in str(err.value)
     assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()
 
 

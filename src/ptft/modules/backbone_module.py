@@ -96,11 +96,11 @@ class BackboneModule(L.LightningModule):
 
         The adapters go in later, not here: the handoff (``model.pretrained=``) loads the
         pretrained weights into the module once it is built, into the backbone's plain layers,
-        whose weights the adapters would rename (``…qkv.base_layer.weight``). The run layer
-        puts them in once the module is complete (``runs.build.build_model`` after the handoff,
-        ``runs.load.load_run`` before it loads a LoRA checkpoint); a module built in Python
-        gets them when Lightning configures it (:meth:`configure_model`, before the optimizer,
-        a resumed state and DDP's wrapping) or from an explicit :meth:`inject_lora`."""
+        whose weights the adapters would rename (``…qkv.base_layer.weight``). They go in once
+        the module is complete: ``runs.build.build_model`` puts them in after the handoff;
+        loading a state that holds adapters puts them in first (:meth:`load_state_dict`); a
+        module built in Python gets them when Lightning configures it (:meth:`configure_model`,
+        before the optimizer, a resumed state and DDP's wrapping) or from :meth:`inject_lora`."""
         from ptft.interop.lora import check_lora
 
         check_lora(self.backbone, lora)
@@ -130,6 +130,18 @@ class BackboneModule(L.LightningModule):
     def configure_model(self) -> None:
         # Lightning's hook for making layers, before the optimizer, a resumed state and DDP
         self.inject_lora()
+
+    def load_state_dict(
+        self, state_dict: Mapping[str, Any], strict: bool = True, assign: bool = False
+    ) -> Any:
+        # a LoRA run's state holds its adapters (ptft-eval's rebuild, the weights ddp_spawn
+        # hands back to the main process): they go in first; a merged state has plain layers
+        if self.pending_lora is not None:
+            from ptft.interop.lora import is_adapter_key
+
+            if any(is_adapter_key(k) for k in state_dict):
+                self.inject_lora()
+        return super().load_state_dict(state_dict, strict=strict, assign=assign)
 
     @property
     def train_labels(self) -> bool:

@@ -84,10 +84,6 @@ def load_run(
         raise ConfigError(
             f"{where}: its hyper_parameters do not build a {cls.__name__} ({_first_line(err)})"
         ) from None
-    from ptft.interop.lora import is_adapter_key
-
-    if any(is_adapter_key(k) for k in checkpoint["state_dict"]):
-        module.inject_lora()  # a LoRA run's checkpoint holds its adapters
     try:
         module.load_state_dict(checkpoint["state_dict"])
     except (RuntimeError, TypeError, ValueError) as err:

@@ -5,6 +5,7 @@ token ids, weights back bit for bit."""
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -374,3 +375,19 @@ def test_a_lora_generator_exports_merged_with_the_unmerged_logits(ptft_tokenizer
     ids = torch.randint(7, backbone["vocab_size"], (2, 11))
     with torch.no_grad():
         torch.testing.assert_close(model.eval()(ids).logits, module(ids), atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize(
+    ("package", "extra"), [("transformers", "ptft[hf]"), ("safetensors.torch", "ptft[hf]")]
+)
+def test_a_missing_extra_is_one_line_naming_it(
+    hf_dirs, ptft_tokenizer, monkeypatch, tmp_path, package, extra
+):
+    monkeypatch.setitem(__import__("sys").modules, package, None)
+    with pytest.raises(ConfigError, match=rf"pip install '{re.escape(extra)}'") as err:
+        if package == "transformers":
+            hf.save(causal_module(ptft_tokenizer, positions="learned"), tmp_path / "out")
+        else:
+            hf.load(hf_dirs["gpt2"])
+    assert "\n" not in str(err.value)
+    assert not (tmp_path / "out").exists()
