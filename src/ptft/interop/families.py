@@ -198,13 +198,7 @@ class GPT2(Family):
                 out[b + mine + ".bias"] = get(h + theirs + ".bias")
         out["norm.weight"], out["norm.bias"] = get("ln_f.weight"), get("ln_f.bias")
         unused = [k for k in get.unused() if not k.endswith((".attn.bias", ".attn.masked_bias"))]
-        head = rest.get("lm_head.weight")
-        if not cfg.get("tie_word_embeddings", True):
-            if head is None:
-                raise ConfigError("config.json says the head is untied but there is no lm_head")
-            out["lm_output.weight"] = head
-        rest = {k: v for k, v in rest.items() if k != "lm_head.weight"}
-        return out, unused + sorted(rest)
+        return out, unused + _take_head(cfg, rest, out, tied_default=True)
 
     @classmethod
     def from_ptft(cls, bb: dict[str, Any]) -> dict[str, Any]:
@@ -449,12 +443,7 @@ class Llama(Family):
             out[b + "ln2.weight"] = get(h + "post_attention_layernorm.weight")
         out["norm.weight"] = get("norm.weight")
         unused = [k for k in get.unused() if not k.endswith("rotary_emb.inv_freq")]
-        head = rest.pop("lm_head.weight", None)
-        if not cfg.get("tie_word_embeddings", False):
-            if head is None:
-                raise ConfigError("config.json says the head is untied but there is no lm_head")
-            out["lm_output.weight"] = head
-        return out, unused + sorted(rest)
+        return out, unused + _take_head(cfg, rest, out, tied_default=False)
 
     @classmethod
     def from_ptft(cls, bb: dict[str, Any]) -> dict[str, Any]:
@@ -580,12 +569,9 @@ class GPTNeoX(Family):
         out["norm.bias"] = get("final_layer_norm.bias")
         unused = [k for k in get.unused() if not k.endswith(("inv_freq", ".masked_bias"))]
         # transformers 5 names the head lm_head; earlier versions embed_out
-        head = rest.pop("lm_head.weight", rest.pop("embed_out.weight", None))
-        if not cfg.get("tie_word_embeddings", False):
-            if head is None:
-                raise ConfigError("config.json says the head is untied but there is no lm_head")
-            out["lm_output.weight"] = head
-        return out, unused + sorted(rest)
+        return out, unused + _take_head(
+            cfg, rest, out, False, ("lm_head.weight", "embed_out.weight")
+        )
 
     @classmethod
     def from_ptft(cls, bb: dict[str, Any]) -> dict[str, Any]:
@@ -704,6 +690,23 @@ class MegatronBert(Family):
                 ):
                     out[f"{h}{theirs}.{part}"] = state[f"{b}{mine}.{part}"]
         return out
+
+
+def _take_head(
+    cfg: dict[str, Any],
+    rest: State,
+    out: State,
+    tied_default: bool,
+    names: tuple[str, ...] = ("lm_head.weight",),
+) -> list[str]:
+    """Move an untied LM head (``tie_word_embeddings`` false) into the backbone's
+    ``lm_output``; a tied one is the embedding and is dropped. Returns the keys left unused."""
+    heads = [rest.pop(n) for n in names if n in rest]
+    if not cfg.get("tie_word_embeddings", tied_default):
+        if not heads:
+            raise ConfigError("config.json says the head is untied but there is no lm_head")
+        out["lm_output.weight"] = heads[0]
+    return sorted(rest)
 
 
 def _hidden_dim(bb: dict[str, Any]) -> int:
