@@ -9,7 +9,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from omegaconf import ListConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from ptft.errors import ConfigError
 
@@ -68,6 +68,25 @@ def unique(base: str) -> str:
     raise ConfigError(f"{base}: 10000 directories of this name exist already; clean up outputs/")
 
 
+def basename(path: str) -> str:
+    """The last part of a path: a tracker's run name from the run directory
+    (``outputs/digits_classifier/runs/2026-11-30_16-07-04`` → ``2026-11-30_16-07-04``)."""
+    return Path(str(path)).name
+
+
+def run_tags(task_name: str) -> ListConfig:
+    """A tracker's tags for a run: its ``task_name`` and, when the run was composed by Hydra
+    with ``experiment=...``, that experiment (once: it is often the task_name too)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    tags = [str(task_name)]
+    if HydraConfig.initialized():
+        experiment = HydraConfig.get().runtime.choices.get("experiment")
+        if experiment and experiment not in tags:
+            tags.append(str(experiment))
+    return ListConfig(tags)
+
+
 def _started_together() -> bool:
     """Whether this process is one rank of a run whose processes a cluster started (SLURM's
     tasks under ``srun``, torchrun's workers)."""
@@ -81,10 +100,38 @@ def _count(value: str | None) -> int:
     return int(value) if value and value.strip().isdigit() else 1
 
 
+def num_classes(*, _parent_: Any) -> int:
+    """``data.num_classes: ${ptft.num_classes:}``: the number of classes, counted from the data
+    that the data config names, by its datamodule's ``count_classes(settings)`` (a classmethod
+    that reads only what it needs: the training split's labels). For data whose classes are
+    known only once the user's files are read (``data=text_classification``); the model config
+    reads ``${data.num_classes}`` as for any data set."""
+    from ptft.config.targets import locate
+
+    target = _parent_.get("_target_")
+    counter = getattr(locate(target), "count_classes", None) if isinstance(target, str) else None
+    if counter is None:
+        raise ConfigError(f"data._target_={target} cannot count its classes; set data.num_classes")
+    settings = {}
+    for key in _parent_.keys():
+        if key in ("_target_", "num_classes", "input_shape"):
+            continue
+        value = _parent_[key]
+        settings[str(key)] = (
+            OmegaConf.to_container(value, resolve=True)
+            if isinstance(value, DictConfig | ListConfig)
+            else value
+        )
+    return int(counter(settings))
+
+
 RESOLVERS = {
     "ptft.direction": direction,
     "ptft.devices_per_node": devices_per_node,
     "ptft.gpus_per_node": gpus_per_node,
+    "ptft.num_classes": num_classes,
+    "ptft.basename": basename,
+    "ptft.run_tags": run_tags,
 }
 #: resolvers whose result is cached in the config (keyed by the unresolved arguments)
 CACHED = {"ptft.unique": unique}

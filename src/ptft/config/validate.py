@@ -17,9 +17,11 @@ backbone or data set needs no schema. Before anything is built, it fails with on
   ``NonEmptyStr``: :mod:`ptft.config.bounds`), items of a list included;
 * a value the code refuses when built, for the classes of :data:`DRY_RUN` (torch's
   optimizers, Lightning's callbacks and loggers, ptft's callbacks): they are built once (an
-  optimizer on a dummy parameter), and their own error is reported against the key that
-  causes it;
-* a value left ``???``.
+  optimizer on a dummy parameter; not those of :data:`NOT_DRY_RUN`, whose constructor writes),
+  and their own error is reported against the key that causes it;
+* a value left ``???``;
+* a class that needs a package of an extra that is not installed (MLflow's and W&B's loggers,
+  :data:`EXTRAS_NEEDED`): the ``pip install 'ptft[...]'`` to run.
 
 :func:`check_settings` checks the run-level settings the same way: the fields of the typed
 schemas (``trainer.*``, ``paths.*``, ``ckpt_path``, ...) against their bounds, and a required
@@ -34,6 +36,7 @@ from __future__ import annotations
 import collections.abc as abc
 import dataclasses
 import enum
+import importlib.util
 import inspect
 import os
 import sys
@@ -94,6 +97,15 @@ DRY_RUN = (
     "lightning.pytorch.loggers.",
     "ptft.callbacks.",
 )
+#: library classes that need a package ptft installs only with an extra: class -> (the module
+#: it imports, the extra); a config that names one without it fails in one line before the run
+EXTRAS_NEEDED: dict[str, tuple[str, str]] = {
+    "lightning.pytorch.loggers.mlflow.MLFlowLogger": ("mlflow", "mlflow"),
+    "lightning.pytorch.loggers.wandb.WandbLogger": ("wandb", "wandb"),
+}
+#: classes of :data:`DRY_RUN` that are not built while validating: their constructor writes or
+#: connects (MLflow's opens its tracking store: creates the SQLite file, or calls the server)
+NOT_DRY_RUN = frozenset({"lightning.pytorch.loggers.mlflow.MLFlowLogger"})
 #: library classes whose ``**kwargs`` go to another class (and the arguments they pass it
 #: themselves): the keys they take are that class's
 FORWARDED: dict[str, tuple[str, frozenset[str]]] = {
@@ -521,10 +533,18 @@ def check_node(node: Mapping[str, Any], path: str, derived: frozenset[str] = fro
         cls = locate(target)
     except ValueError as err:
         raise ConfigError(f"{path}._target_={target}: {err}") from None
+    full_name = f"{getattr(cls, '__module__', '')}.{_name(cls)}"
+    if full_name in EXTRAS_NEEDED:
+        module, extra_name = EXTRAS_NEEDED[full_name]
+        if not _importable(module):
+            raise ConfigError(
+                f"{path}: {target} needs {module}, which is not installed: "
+                f"pip install 'ptft[{extra_name}]'"
+            )
     sig = signature(cls)
     supplied = SUPPLIED.get(path, frozenset())
     extra = EXTRA.get(path, {})
-    library_bounds = LIBRARY_BOUNDS.get(f"{getattr(cls, '__module__', '')}.{_name(cls)}", {})
+    library_bounds = LIBRARY_BOUNDS.get(full_name, {})
     valid = sorted(({*sig.params} - supplied) | set(extra))
     for key, why in REQUIRED.get(path, {}).items():
         if node.get(key) is None:
@@ -554,8 +574,20 @@ def check_node(node: Mapping[str, Any], path: str, derived: frozenset[str] = fro
             if key in library_bounds:
                 check_value(value, library_bounds[key], where)
         _search(value, where, derived)
-    if isinstance(cls, type) and cls.__module__.startswith(DRY_RUN):
+    if (
+        isinstance(cls, type)
+        and cls.__module__.startswith(DRY_RUN)
+        and full_name not in NOT_DRY_RUN
+    ):
         _dry_run(cls, node, path)
+
+
+def _importable(module: str) -> bool:
+    """Whether ``module`` can be imported (found, not blocked), without importing it."""
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):
+        return False
 
 
 def _name(target: Any) -> str:

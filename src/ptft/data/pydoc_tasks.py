@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from functools import partial
 from pathlib import Path
 
@@ -39,7 +39,7 @@ from ptft.data.images import label_subset
 from ptft.data.loaders import SplitLoaders
 from ptft.data.masking import IGNORE_INDEX
 from ptft.data.pydoc_corpus import SPLITS, PydocCorpus, build_corpus, name_task, package_task
-from ptft.data.text import HeldOut, TokenizerPath, cached_tokenizer, given_tokenizer
+from ptft.data.text import HeldOut, TokenizerPath, given_tokenizer, trained_tokenizer
 from ptft.data.tokenizer import (
     MIN_VOCAB_SIZE,
     PAD_ID,
@@ -54,12 +54,45 @@ log = logging.getLogger(__name__)
 
 
 def frame_text(
-    tokenizer: Tokenizer, text: str, max_length: int, specials: SpecialTokens = PTFT_SPECIALS
+    tokenizer: Tokenizer,
+    text: str,
+    max_length: int,
+    specials: SpecialTokens = PTFT_SPECIALS,
+    second: str | None = None,
 ) -> list[int]:
     """``<eos> text <eos>`` (:func:`ptft.data.tokenizer.frame_text`), the text truncated so the
-    whole fits in ``max_length`` tokens."""
+    whole fits in ``max_length`` tokens; with ``second``, a sentence pair (:func:`framed_text`)."""
+    return framed_text(tokenizer, text, max_length, specials, second)[0]
+
+
+def framed_text(
+    tokenizer: Tokenizer,
+    text: str,
+    max_length: int,
+    specials: SpecialTokens = PTFT_SPECIALS,
+    second: str | None = None,
+) -> tuple[list[int], bool]:
+    """:func:`frame_text`'s ids and whether the text was truncated.
+
+    A sentence pair (``second``) is one text, the two joined by the tokenizer's ``sep`` (else
+    its ``eos``): ``<eos> a <sep> b <eos>``, BERT's ``[CLS] a [SEP] b [SEP]``; when it is too
+    long, the longer of the two loses tokens from its end first.
+    """
     room = max_length - len(tok.frame_text(specials, []))
-    return tok.frame_text(specials, tokenizer.encode(text, add_special_tokens=False).ids[:room])
+    ids = tokenizer.encode(text, add_special_tokens=False).ids
+    if second is None:
+        return tok.frame_text(specials, ids[:room]), len(ids) > room
+    other = tokenizer.encode(second, add_special_tokens=False).ids
+    joiner = specials.sep if specials.sep is not None else specials.eos
+    room -= 1
+    keep_a, keep_b = len(ids), len(other)
+    while keep_a + keep_b > max(room, 0):  # longest first, as transformers truncates a pair
+        if keep_a >= keep_b:
+            keep_a -= 1
+        else:
+            keep_b -= 1
+    truncated = keep_a < len(ids) or keep_b < len(other)
+    return tok.frame_text(specials, [*ids[:keep_a], joiner, *other[:keep_b]]), truncated
 
 
 def frame_pair(
@@ -75,6 +108,19 @@ def frame_pair(
     The target is kept whole (it must fit with room for a prompt token); the prompt is
     truncated from its end when the pair is longer than ``max_length``.
     """
+    tokens, start, _ = framed_pair(tokenizer, prompt, target, max_length, specials)
+    return tokens, start
+
+
+def framed_pair(
+    tokenizer: Tokenizer,
+    prompt: str,
+    target: str,
+    max_length: int,
+    specials: SpecialTokens = PTFT_SPECIALS,
+) -> tuple[list[int], int, bool]:
+    """:func:`frame_pair`'s tokens and first target index, and whether the prompt was
+    truncated."""
     target_ids = tokenizer.encode(target, add_special_tokens=False).ids
     framing, scored = tok.frame_pair(specials, [], target_ids)
     room = max_length - len(framing)  # the target, its <eos> and the frame around the prompt
@@ -84,9 +130,10 @@ def frame_pair(
             f"a target of {n} tokens ({target!r}) leaves no room for a prompt in "
             f"data.max_length={max_length}; raise data.max_length"
         )
-    prompt_ids = tokenizer.encode(prompt, add_special_tokens=False).ids[:room]
-    tokens, _ = tok.frame_pair(specials, prompt_ids, target_ids)
-    return tokens, len(tok.prompt_prefix(specials, prompt_ids))
+    prompt_ids = tokenizer.encode(prompt, add_special_tokens=False).ids
+    tokens, _ = tok.frame_pair(specials, prompt_ids[:room], target_ids)
+    start = len(tok.prompt_prefix(specials, prompt_ids[:room]))
+    return tokens, start, len(prompt_ids) > room
 
 
 def pad(rows: Sequence[Sequence[int]], value: int) -> Tensor:
@@ -139,7 +186,56 @@ class GenerationExamples(Dataset):
         return tokens, labels
 
 
-class PydocLabelledDataModule(SplitLoaders):
+class PaddedExamplesDataModule(SplitLoaders):
+    """What every datamodule of framed, padded examples shares (the pydoc tasks, your own
+    labelled text): ``datasets`` per split (set by ``setup``), the tokenizer and its special
+    roles, and loaders that pad each batch with the tokenizer's pad id."""
+
+    batch_size: int
+    eval_batch_size: int
+    num_workers: int
+    cache_dir: Path
+    vocab_size: int
+    #: the ``tokenizer.json`` to use (``data.tokenizer``; a fine-tuning run passes the
+    #: pretraining checkpoint's), or None to train one on the training split
+    tokenizer_file: str | None
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.tokenizer_path: Path | None = None
+        #: the roles of the tokenizer's special tokens (ptft's until ``setup`` reads them)
+        self.specials: SpecialTokens = PTFT_SPECIALS
+        self.datasets: dict[str, Dataset] = {}
+        self.manifest: dict = {}
+
+    def prepare_tokenizer(self, train_texts: Callable[[], Sequence[str]], seed: int) -> Tokenizer:
+        """The given tokenizer (``tokenizer_file``, copied under ``cache_dir``), or one trained
+        on ``train_texts()`` and cached; sets ``tokenizer_path`` and ``specials``."""
+        if self.tokenizer_file:
+            path = given_tokenizer(self.cache_dir, self.tokenizer_file, self.vocab_size)
+        else:
+            path = trained_tokenizer(self.cache_dir, train_texts(), self.vocab_size, seed)
+        self.tokenizer_path = path
+        tokenizer, self.specials = read_tokenizer(path)
+        return tokenizer
+
+    def dataset(self, split: str, train: bool) -> Dataset:
+        return self.datasets[split]
+
+    def _loader(self, split: str, train: bool) -> DataLoader:
+        dataset = self.dataset(split, train)
+        return DataLoader(
+            dataset,
+            batch_size=self.batch_size if train else self.eval_batch_size,
+            **self.sampling(dataset, train),  # a training order a resumed run takes up
+            # padded with the tokenizer's pad id (its eos where it has no pad token)
+            collate_fn=partial(dataset.collate, pad_id=dataset.pad_id),  # type: ignore[attr-defined]
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+        )
+
+
+class PydocLabelledDataModule(PaddedExamplesDataModule):
     """What both labelled tasks share: the corpus split, the tokenizer and padded loaders.
 
     ``tokenizer`` is a ``tokenizer.json`` to use (a fine-tuning run passes the pretraining
@@ -195,20 +291,10 @@ class PydocLabelledDataModule(SplitLoaders):
             test_fraction,
         )
         self.label_fraction, self.subset_seed = label_fraction, subset_seed
-        self.tokenizer_path: Path | None = None
-        #: the roles of the tokenizer's special tokens (ptft's until ``setup`` reads them)
-        self.specials: SpecialTokens = PTFT_SPECIALS
-        self.datasets: dict[str, Dataset] = {}
-        self.manifest: dict = {}
 
     def load_tokenizer(self, corpus: PydocCorpus) -> Tokenizer:
-        if self.tokenizer_file:
-            path = given_tokenizer(self.cache_dir, self.tokenizer_file, self.vocab_size)
-        else:
-            path = cached_tokenizer(self.cache_dir, corpus, self.vocab_size, self.split_seed)
-        self.tokenizer_path = path
-        tokenizer, self.specials = read_tokenizer(path)
-        return tokenizer
+        # the tokenizer data=pydoc_text trains: on the whole training split of the corpus
+        return self.prepare_tokenizer(lambda: corpus.texts("train"), self.split_seed)
 
     def build(self, corpus: PydocCorpus, tokenizer: Tokenizer) -> dict[str, Dataset]:
         """The task's train/val/test datasets (the train split already cut to
@@ -235,21 +321,6 @@ class PydocLabelledDataModule(SplitLoaders):
 
     def prepare_data(self) -> None:
         self.setup()  # rank 0 builds the caches; other ranks read them in setup
-
-    def dataset(self, split: str, train: bool) -> Dataset:
-        return self.datasets[split]
-
-    def _loader(self, split: str, train: bool) -> DataLoader:
-        dataset = self.dataset(split, train)
-        return DataLoader(
-            dataset,
-            batch_size=self.batch_size if train else self.eval_batch_size,
-            **self.sampling(dataset, train),  # a training order a resumed run takes up
-            # padded with the tokenizer's pad id (its eos where it has no pad token)
-            collate_fn=partial(dataset.collate, pad_id=dataset.pad_id),  # type: ignore[attr-defined]
-            num_workers=self.num_workers,
-            persistent_workers=self.num_workers > 0,
-        )
 
 
 def _write_labels(path: Path, labels: list[str]) -> None:

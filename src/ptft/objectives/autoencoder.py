@@ -58,10 +58,12 @@ class Autoencoder(MonitoredObjective, BackboneModule):
         return self.with_probe_loss(loss, features, batch)
 
     def validation_step(self, batch: Sequence[torch.Tensor], batch_idx: int) -> None:
-        x, y = batch
+        # (x,) from data without labels (an unlabelled image folder): no monitor to feed
+        x, y = batch[0], (batch[1] if len(batch) > 1 else None)
         loss, recon, features = self._loss(x)
         self.log("val/loss", loss, prog_bar=True, sync_dist=True)
-        self.feature_monitor.observe(features, y, "val")
+        if y is not None:
+            self.feature_monitor.observe(features, y, "val")
         if batch_idx == 0 and self.num_logged_images > 0:
             n = self.num_logged_images
             self._grid_inputs = torch.cat([x[:n], recon[:n].to(x.dtype)])
@@ -75,10 +77,11 @@ class Autoencoder(MonitoredObjective, BackboneModule):
         self._end_eval_epoch("val")
 
     def test_step(self, batch: Sequence[torch.Tensor], batch_idx: int) -> None:
-        x, y = batch
+        x, y = batch[0], (batch[1] if len(batch) > 1 else None)
         loss, _, features = self._loss(x)
         self.log("test/loss", loss, sync_dist=True)
-        self.feature_monitor.observe(features, y, "test")
+        if y is not None:
+            self.feature_monitor.observe(features, y, "test")
 
     def on_test_epoch_end(self) -> None:
         self._end_eval_epoch("test")

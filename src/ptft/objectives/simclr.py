@@ -76,12 +76,13 @@ class SimCLR(MonitoredObjective, BackboneModule):
         return self.with_probe_loss(loss, h1, batch)
 
     def _eval_step(self, batch: Sequence[torch.Tensor], stage: str) -> None:
-        x, y = batch
+        # (x,) from data without labels (an unlabelled image folder): no monitor to feed
+        x, y = batch[0], (batch[1] if len(batch) > 1 else None)
         _, z1, z2 = self.views(x)
         self.log(
             f"{stage}/loss", self.contrastive_loss(z1, z2), prog_bar=stage == "val", sync_dist=True
         )
-        if self.feature_monitor.active:
+        if self.feature_monitor.active and y is not None:
             self.feature_monitor.observe(self.backbone(x), y, stage)
 
     def validation_step(self, batch: Sequence[torch.Tensor], batch_idx: int) -> None:

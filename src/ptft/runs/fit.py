@@ -27,6 +27,7 @@ from ptft.modules.backbone_module import BackboneModule
 from ptft.runs.build import build_datamodule, build_model, build_trainer, plain
 from ptft.runs.distributed import check_devices, distributed_job
 from ptft.runs.load import check_resume
+from ptft.runs.trackers import log_final_metrics, log_run_config
 
 log = logging.getLogger(__name__)
 
@@ -124,8 +125,10 @@ def fit_and_test(
     cfg: DictConfig, trainer: L.Trainer, model: BackboneModule, datamodule: L.LightningDataModule
 ) -> dict[str, float]:
     """``trainer.fit`` then ``trainer.test`` of the best checkpoint, as
-    ``cfg.train``/``cfg.test`` say."""
+    ``cfg.train``/``cfg.test`` say; every logger gets the resolved config as hyperparameters
+    first, and the final metrics last (:mod:`ptft.runs.trackers`)."""
     metrics: dict[str, float] = {}
+    log_run_config(trainer, cfg)
     if cfg.get("train", True):
         try:
             trainer.fit(
@@ -149,6 +152,7 @@ def fit_and_test(
         except SIGTERMException:
             raise preempted(trainer, "testing") from None
         metrics.update({k: v for k, v in metrics_of(trainer).items() if k.startswith("test/")})
+    log_final_metrics(trainer, cfg, metrics)
     if trainer.is_global_zero:
         log.info("final metrics: %s", ", ".join(f"{k}={v:.4g}" for k, v in sorted(metrics.items())))
     return metrics

@@ -18,7 +18,13 @@ from tests.helpers import compose_train, run_cli
 
 CONF = Path(config_dir())
 #: values for the keys an option leaves to the command line (???)
-REQUIRED = {"text_files": ["data.files=notes/*.txt"], "hf_text": ["data.path=wikitext"]}
+REQUIRED = {
+    "text_files": ["data.files=notes/*.txt"],
+    "hf_text": ["data.path=wikitext"],
+    "image_folder": ["data.root=images"],
+    # its num_classes is counted from the rows when the config resolves
+    "text_classification": [f"data.files={Path(__file__).parent / 'labelled.jsonl'}"],
+}
 
 
 @pytest.mark.parametrize(
