@@ -54,7 +54,6 @@ CASES = [
     ("gpt2", "pydoc_package_classifier", ["data.max_length=24"]),
     ("bert", "pydoc_package_classifier", ["data.max_length=24"]),
     ("llama", "pydoc_name_generator", ["data.max_length=48", "model.max_new_tokens=4"]),
-    ("llama", "pydoc_gpt", ["data.block_size=32"]),
     ("bert", "pydoc_bert", ["data.block_size=32"]),
 ]
 

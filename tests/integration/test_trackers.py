@@ -1,5 +1,6 @@
-"""Trackers (``logger=mlflow``, ``logger=wandb``, ``logger=many``): a short run logs to each,
-offline, and each holds the resolved config and the final metrics that ``train()`` returns."""
+"""Trackers (``logger=mlflow``, ``logger=wandb``, a list of loggers as ``logger=many`` makes):
+a short run logs to each, offline, and each holds the resolved config and the final metrics
+that ``train()`` returns."""
 
 from __future__ import annotations
 
@@ -33,9 +34,16 @@ SHORT = [
 BLOCK = 32768
 
 
-def test_mlflow_stores_the_config_and_the_final_metrics_in_the_run_directory(tmp_path):
+def test_mlflow_tensorboard_and_csv_each_get_the_config_and_the_final_metrics(tmp_path):
+    """One run with a list of loggers (what logger=many composes, plus MLflow's store in the
+    run directory): each holds the resolved config and the final metrics."""
     mlflow = pytest.importorskip("mlflow")
-    cfg = compose_train([*SHORT, "logger=mlflow", "model.optimizer.lr=0.002"], tmp_path)
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from tensorboard.plugins.hparams.plugin_data_pb2 import HParamsPluginData
+
+    cfg = compose_train(
+        [*SHORT, "logger=[tensorboard,csv,mlflow]", "model.optimizer.lr=0.002"], tmp_path
+    )
     metrics = train(cfg)
     assert (tmp_path / "mlflow.db").is_file()
     client = mlflow.tracking.MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
@@ -47,6 +55,25 @@ def test_mlflow_stores_the_config_and_the_final_metrics_in_the_run_directory(tmp
     assert run.data.metrics["val/acc"] == pytest.approx(metrics["val/acc"], abs=1e-6)
     assert run.data.metrics["test/acc"] == pytest.approx(metrics["test/acc"], abs=1e-6)
     assert run.data.tags["task_name"] == "digits_classifier"
+    events = EventAccumulator(str(tmp_path / "tensorboard"))
+    events.Reload()
+    assert events.Scalars("test/acc")[-1].value == pytest.approx(metrics["test/acc"], abs=1e-6)
+    assert events.Scalars("val/acc")[-1].value == pytest.approx(metrics["val/acc"], abs=1e-6)
+    # the HParams tab: the resolved config against the final metrics
+    hparams_tab = events.PluginTagToContent("hparams")
+    session = HParamsPluginData.FromString(hparams_tab["_hparams_/session_start_info"])
+    assert session.session_start_info.hparams["model/optimizer/lr"].number_value == pytest.approx(
+        cfg.model.optimizer.lr
+    )
+    experiment = HParamsPluginData.FromString(hparams_tab["_hparams_/experiment"])
+    assert {"val/acc", "test/acc"} <= {m.name.tag for m in experiment.experiment.metric_infos}
+    with open(tmp_path / "csv" / "metrics.csv") as f:
+        rows = list(csv.DictReader(f))
+    last = {k: v for k, v in rows[-1].items() if v}  # the final metrics, in one row
+    assert float(last["test/acc"]) == pytest.approx(metrics["test/acc"], abs=1e-6)
+    assert float(last["val/acc"]) == pytest.approx(metrics["val/acc"], abs=1e-6)
+    hparams = yaml.safe_load((tmp_path / "csv" / "hparams.yaml").read_text())
+    assert hparams["model"]["optimizer"]["lr"] == cfg.model.optimizer.lr
 
 
 def test_wandb_writes_an_offline_run_with_the_config_and_the_final_metrics(tmp_path, monkeypatch):
@@ -109,33 +136,6 @@ def wandb_records(path: Path) -> Iterator[Any]:
             parsed = wandb_internal_pb2.Record()
             parsed.ParseFromString(record)
             yield parsed
-
-
-def test_many_logs_to_tensorboard_and_csv(tmp_path):
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-    from tensorboard.plugins.hparams.plugin_data_pb2 import HParamsPluginData
-
-    cfg = compose_train([*SHORT, "logger=many"], tmp_path)
-    metrics = train(cfg)
-    events = EventAccumulator(str(tmp_path / "tensorboard"))
-    events.Reload()
-    assert events.Scalars("test/acc")[-1].value == pytest.approx(metrics["test/acc"], abs=1e-6)
-    assert events.Scalars("val/acc")[-1].value == pytest.approx(metrics["val/acc"], abs=1e-6)
-    # the HParams tab: the resolved config against the final metrics
-    hparams_tab = events.PluginTagToContent("hparams")
-    session = HParamsPluginData.FromString(hparams_tab["_hparams_/session_start_info"])
-    assert session.session_start_info.hparams["model/optimizer/lr"].number_value == pytest.approx(
-        cfg.model.optimizer.lr
-    )
-    experiment = HParamsPluginData.FromString(hparams_tab["_hparams_/experiment"])
-    assert {"val/acc", "test/acc"} <= {m.name.tag for m in experiment.experiment.metric_infos}
-    with open(tmp_path / "csv" / "metrics.csv") as f:
-        rows = list(csv.DictReader(f))
-    last = {k: v for k, v in rows[-1].items() if v}  # the final metrics, in one row
-    assert float(last["test/acc"]) == pytest.approx(metrics["test/acc"], abs=1e-6)
-    assert float(last["val/acc"]) == pytest.approx(metrics["val/acc"], abs=1e-6)
-    hparams = yaml.safe_load((tmp_path / "csv" / "hparams.yaml").read_text())
-    assert hparams["model"]["optimizer"]["lr"] == cfg.model.optimizer.lr
 
 
 @pytest.mark.parametrize("tracker", ["mlflow", "wandb"])
