@@ -22,7 +22,7 @@ from typing import Any, NamedTuple, NoReturn
 
 from omegaconf.errors import OmegaConfBaseException
 
-from ptft.errors import ConfigError
+from ptft.errors import ConfigError, config_error_inside
 
 #: the exit status of every configuration error (argparse's own for a bad flag)
 CONFIG_ERROR = 2
@@ -49,6 +49,9 @@ def config_error_line(err: BaseException) -> str:
     the options listed with commas, the search path and type details left out."""
     if isinstance(err, ConfigError):
         return " ".join(str(err).split())
+    inner = config_error_inside(err)
+    if inner is not None:  # raised by a resolver (``${ptft.num_classes:}``): ptft's own words
+        return " ".join(str(inner).split())
     parts, key = [], None
     for error in (err, err.__cause__):
         if error is None or (error is not err and not isinstance(error, OmegaConfBaseException)):

@@ -1,6 +1,7 @@
 """data=image_folder end to end: SimCLR pretrains on an unlabelled folder, the classifier trains
-on a folder per class from scratch and from that checkpoint, and ``ptft-eval`` reports
-per-class metrics by class name."""
+on a folder per class from scratch and on a Hugging Face image data set from that checkpoint
+(the number of classes counted in both), and ``ptft-eval`` reports per-class metrics by class
+name."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import torch
 from ptft.evaluation.report import evaluate
 from ptft.runs.fit import train
 from tests.helpers import QUIET, compose_train
-from tests.unit.data.test_image_folder import CLASSES, class_tree, write_image
+from tests.unit.data.test_image_folder import CLASSES, class_tree, hf_images, write_image
 
 #: tiny and quick: 8x8 RGB images, a two-stage CNN of 8 and 16 channels
 TINY = [
@@ -58,13 +59,12 @@ def simclr_run(folders, tmp_path_factory) -> Path:
     return out
 
 
-def classifier(folders, out: Path, *overrides: str, steps: int = 18) -> dict[str, float]:
+def classifier(source: str, out: Path, *overrides: str, steps: int = 18) -> dict[str, float]:
     cfg = compose_train(
         [
             "experiment=digits_classifier",
             "data=image_folder",
-            f"data.root={folders[0]}",
-            "data.num_classes=3",
+            source,
             f"trainer.max_steps={steps}",
             f"trainer.val_check_interval={steps // 2}",
             "model.augment=null",
@@ -74,11 +74,12 @@ def classifier(folders, out: Path, *overrides: str, steps: int = 18) -> dict[str
         ],
         out,
     )
+    assert cfg.model.num_classes == 3  # counted from the class folders or the label column
     return train(cfg)
 
 
 def test_classifier_from_scratch_then_ptft_eval_by_class_name(folders, tmp_path):
-    metrics = classifier(folders, tmp_path / "run")
+    metrics = classifier(f"data.root={folders[0]}", tmp_path / "run")
     assert metrics["test/acc"] >= 2 / 3  # colour tells the class: easy after a few steps
     ckpt = tmp_path / "run" / "checkpoints" / "last.ckpt"
     assert torch.load(ckpt, weights_only=True)["ptft_labels"] == ["cat", "dog", "owl"]
@@ -91,6 +92,10 @@ def test_classifier_from_scratch_then_ptft_eval_by_class_name(folders, tmp_path)
     assert "p_cat" in (tmp_path / "eval" / "predictions.csv").read_text().splitlines()[0]
 
 
-def test_classifier_from_the_unlabelled_simclr_checkpoint(folders, simclr_run, tmp_path):
-    metrics = classifier(folders, tmp_path, f"model.pretrained={simclr_run}", steps=6)
-    assert "test/acc" in metrics
+def test_classifier_on_a_hf_data_set_from_the_unlabelled_simclr_checkpoint(simclr_run, tmp_path):
+    pytest.importorskip("datasets")
+    path = hf_images(tmp_path)
+    metrics = classifier(f"data.path={path}", tmp_path / "run", f"model.pretrained={simclr_run}")
+    assert metrics["test/acc"] >= 2 / 3
+    ckpt = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    assert torch.load(ckpt, weights_only=True)["ptft_labels"] == ["cat", "dog", "owl"]

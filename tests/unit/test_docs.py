@@ -259,7 +259,16 @@ def command_params() -> list:
 VERDICTS: dict[tuple[str, tuple[str, ...]], str | None] = {}
 
 
+#: data whose classes are counted from the reader's own files, which are not here: the page's
+#: command is composed with a class count in their place
+COUNTED = ("data=text_classification", "data=image_folder")
+
+
 def verdict(config: str, overrides: list[str], output_dir: Path) -> str | None:
+    if any(o in COUNTED for o in overrides) and not any(
+        o.startswith("data.num_classes=") for o in overrides
+    ):
+        overrides = [*overrides, "data.num_classes=2"]
     key = (config, tuple(overrides))
     if key not in VERDICTS:
         GlobalHydra.instance().clear()

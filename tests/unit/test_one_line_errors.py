@@ -110,6 +110,20 @@ def test_a_size_out_of_range_is_one_line_naming_the_key(entry, overrides, messag
     assert one_line(entry("train", *overrides)).startswith(message)
 
 
+def test_an_error_raised_while_a_resolver_counts_classes_is_ptfts_own_line(entry, tmp_path):
+    # ${ptft.num_classes:} raises inside OmegaConf's resolution, which wraps the error twice
+    message = one_line(entry("train", "experiment=digits_classifier", "data=image_folder"))
+    assert message == (
+        "data.root (a folder per class) or data.path (a Hugging Face data set) is not set; "
+        "give one, e.g. data.root=DIR"
+    )
+    missing = tmp_path / "no_such_dir"
+    message = one_line(
+        entry("train", "experiment=digits_classifier", "data=image_folder", f"data.root={missing}")
+    )
+    assert message == f"data.root={missing}: no such directory"
+
+
 @pytest.mark.parametrize(
     "overrides, message",
     [

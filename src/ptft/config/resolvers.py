@@ -100,12 +100,13 @@ def _count(value: str | None) -> int:
     return int(value) if value and value.strip().isdigit() else 1
 
 
-def num_classes(*, _parent_: Any) -> int:
+def num_classes(*, _parent_: Any) -> int | None:
     """``data.num_classes: ${ptft.num_classes:}``: the number of classes, counted from the data
     that the data config names, by its datamodule's ``count_classes(settings)`` (a classmethod
     that reads only what it needs: the training split's labels). For data whose classes are
     known only once the user's files are read (``data=text_classification``); the model config
-    reads ``${data.num_classes}`` as for any data set."""
+    reads ``${data.num_classes}`` as for any data set. None where the data have no classes
+    (unlabelled images). A value left ``???`` is not passed: the counter says what is missing."""
     from ptft.config.targets import locate
 
     target = _parent_.get("_target_")
@@ -114,7 +115,7 @@ def num_classes(*, _parent_: Any) -> int:
         raise ConfigError(f"data._target_={target} cannot count its classes; set data.num_classes")
     settings = {}
     for key in _parent_.keys():
-        if key in ("_target_", "num_classes", "input_shape"):
+        if key in ("_target_", "num_classes", "input_shape") or OmegaConf.is_missing(_parent_, key):
             continue
         value = _parent_[key]
         settings[str(key)] = (
@@ -122,7 +123,8 @@ def num_classes(*, _parent_: Any) -> int:
             if isinstance(value, DictConfig | ListConfig)
             else value
         )
-    return int(counter(settings))
+    count = counter(settings)
+    return None if count is None else int(count)
 
 
 RESOLVERS = {

@@ -58,7 +58,7 @@ from ptft.config.bounds import (
     violation,
 )
 from ptft.config.targets import locate
-from ptft.errors import ConfigError
+from ptft.errors import ConfigError, config_error_inside
 
 #: model keys that are run settings, not constructor arguments (read by :mod:`ptft.runs.build`)
 MODEL_RUN_KEYS = ("pretrained", "monitor", "monitor_mode", "compile")
@@ -381,7 +381,9 @@ def _lenient(node: Any, skip: frozenset[str] = frozenset()) -> Any:
                 continue
             try:
                 value = node[key]
-            except Exception:
+            except Exception as err:
+                if inner := config_error_inside(err):  # a ptft resolver refused the value
+                    raise inner from None
                 out[key] = UNRESOLVED
                 continue
             out[key] = _lenient(value)
@@ -487,7 +489,9 @@ def _check_schema_node(node: DictConfig, path: str, derived: bool) -> None:
             raise ConfigError(
                 f"{where}={raw}: {str(err).splitlines()[0]}; interpolate a key the config has"
             ) from None
-        except Exception:  # resolves only when the run starts
+        except Exception as err:  # resolves only when the run starts
+            if inner := config_error_inside(err):  # a ptft resolver refused the value
+                raise inner from None
             continue
         if isinstance(value, DictConfig):
             if not value._is_none():

@@ -1,4 +1,5 @@
-"""The user's own images: a folder per class (fine-tuning), or any folder of images (pretraining).
+"""The user's own images: a folder per class (fine-tuning), any folder of images (pretraining),
+or a Hugging Face image data set (:mod:`ptft.data.image_sources` lists them).
 
 Layouts of ``data.root``:
 
@@ -12,6 +13,9 @@ Layouts of ``data.root``:
   pretraining only); split at random (seeded), or by ``train/ val/ test/`` when they exist.
   Its batches are ``(x,)`` in every split, so the kNN monitor has nothing to score.
 
+Or ``data.path`` (with ``data.name``, ``data.data_files``, ``data.split_map``): a Hugging Face
+data set, its images in ``data.image_column`` and classes in ``data.label_column``.
+
 Files are listed and checked (``PIL.Image.verify``: the header and, for PNG, the chunks)
 at setup; a bad one is skipped with a logged count, or refused in one line
 (``data.on_bad_image``). Images are decoded and resized in the DataLoader's workers, never
@@ -19,8 +23,9 @@ held in memory all at once: ``data.channels`` (1: grayscale, 3: RGB), ``data.ima
 (a square resize). With ``data.normalize=true`` each channel is standardised with
 ``data.mean``/``data.std``, or with statistics streamed once over the training split and
 cached as JSON under ``data.cache_dir`` (keyed by a hash of the file list and the settings).
-Class names (the folder names, sorted) are ``label_names``: checkpoints and ``ptft-eval``'s
-per-class report carry them.
+Class names (the folder names, sorted; a data set's ``ClassLabel`` names or its sorted labels)
+are ``label_names``: checkpoints and ``ptft-eval``'s per-class report carry them, and
+``data.num_classes`` is counted from them when the config resolves (:meth:`count_classes`).
 """
 
 from __future__ import annotations
@@ -29,7 +34,7 @@ import hashlib
 import json
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -47,41 +52,23 @@ from ptft.config.bounds import (
     Seed,
     check_arguments,
 )
+from ptft.data.image_sources import SPLITS, FolderImages, HFImages, Listing
 from ptft.data.images import label_subset, stratified_split
 from ptft.data.loaders import SplitLoaders
 from ptft.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
-#: file name endings read as images (case-insensitive)
-IMAGE_SUFFIXES = frozenset(
-    {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm"}
-)
-SPLITS = ("train", "val", "test")
 #: bumped when the statistics' computation changes, so an old cache entry is not reused
 _STATS_VERSION = 1
 
 
-def is_image(path: Path) -> bool:
-    return path.suffix.lower() in IMAGE_SUFFIXES and not path.name.startswith(".")
-
-
-def image_files(directory: Path) -> list[Path]:
-    """Every image under ``directory``, at any depth, sorted; hidden folders are left out."""
-    return sorted(
-        p
-        for p in directory.rglob("*")
-        if p.is_file()
-        and is_image(p)
-        and not any(part.startswith(".") for part in p.relative_to(directory).parts)
-    )
-
-
-def decode(path: Path, size: int, channels: int) -> np.ndarray:
-    """One image as float32 ``(channels, size, size)`` in [0, 1]: converted, then resized."""
+def decode(opened: Any, size: int, channels: int) -> np.ndarray:
+    """One image (an opened PIL image, closed here) as float32 ``(channels, size, size)`` in
+    [0, 1]: converted, then resized."""
     from PIL import Image
 
-    with Image.open(path) as image:
+    with opened as image:
         image = image.convert("L" if channels == 1 else "RGB")
         if image.size != (size, size):
             image = image.resize((size, size), Image.Resampling.BILINEAR)
@@ -90,18 +77,21 @@ def decode(path: Path, size: int, channels: int) -> np.ndarray:
 
 
 class ImageFiles(Dataset):
-    """Images read lazily (in the DataLoader's workers): ``(x, y)``, or ``(x,)`` without
-    labels; ``x`` standardised with ``mean``/``std`` when given."""
+    """Images read lazily (in the DataLoader's workers) from ``source`` by their references:
+    ``(x, y)``, or ``(x,)`` without labels; ``x`` standardised with ``mean``/``std`` when
+    given."""
 
     def __init__(
         self,
-        paths: Sequence[Path],
+        source: FolderImages | HFImages,
+        paths: Sequence[Any],
         labels: np.ndarray | None,
         size: int,
         channels: int,
         mean: Sequence[float] | None = None,
         std: Sequence[float] | None = None,
     ) -> None:
+        self.source = source
         self.paths = list(paths)
         self.labels = None if labels is None else torch.as_tensor(labels, dtype=torch.long)
         self.size, self.channels = size, channels
@@ -113,9 +103,12 @@ class ImageFiles(Dataset):
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, ...]:
         try:
-            x = torch.from_numpy(decode(self.paths[i], self.size, self.channels))
+            opened = self.source.open(self.paths[i])
+            x = torch.from_numpy(decode(opened, self.size, self.channels))
         except Exception as err:  # checked at setup, but a file can change or be truncated
-            raise ConfigError(f"cannot read image {self.paths[i]}: {err}") from err
+            raise ConfigError(
+                f"cannot read image {self.source.describe(self.paths[i])}: {err}"
+            ) from err
         if self.mean is not None:
             x = (x - self.mean) / self.std
         return (x,) if self.labels is None else (x, self.labels[i])
@@ -126,7 +119,13 @@ class ImageFolderDataModule(SplitLoaders):
 
     def __init__(
         self,
-        root: NonEmptyStr,
+        root: NonEmptyStr | None = None,
+        path: NonEmptyStr | None = None,
+        name: str | None = None,
+        data_files: Any = None,
+        split_map: Mapping[str, str] | None = None,
+        image_column: NonEmptyStr = "image",
+        label_column: NonEmptyStr = "label",
         image_size: PositiveInt = 32,
         channels: Literal[1, 3] = 3,
         input_shape: Sequence[PositiveInt] | None = None,
@@ -150,6 +149,12 @@ class ImageFolderDataModule(SplitLoaders):
     ) -> None:
         check_arguments(ImageFolderDataModule.__init__, "data", locals())
         super().__init__()
+        if (root is None) == (path is None):
+            raise ConfigError(
+                "give the images one way: data.root=DIR (a folder per class, or any folder with "
+                "data.unlabelled=true) or data.path=… (a Hugging Face data set); got "
+                + ("both" if root else "neither")
+            )
         if channels not in (1, 3):
             raise ConfigError(f"data.channels={channels}: 1 (grayscale) or 3 (RGB)")
         if on_bad_image not in ("skip", "error"):
@@ -170,7 +175,8 @@ class ImageFolderDataModule(SplitLoaders):
             raise ConfigError("data.mean and data.std go together: give both, or neither")
         if unlabelled and with_labels:
             raise ConfigError(
-                f"data.unlabelled=true: the images under data.root={root} have no labels, "
+                f"data.unlabelled=true: the images of data.{'root' if root else 'path'}="
+                f"{root or path} have no labels, "
                 "which this model trains on; fine-tune on a folder per class instead"
             )
         if unlabelled and monitor_labels:
@@ -178,13 +184,15 @@ class ImageFolderDataModule(SplitLoaders):
                 "model.online_probe needs labelled images, and data.unlabelled=true has none; "
                 "set model.online_probe.enabled=false"
             )
-        self.root = Path(root).expanduser()
+        self.cache_dir = Path(cache_dir) if cache_dir else None
+        self.source = self.source_of(locals())
+        #: what the images are named by in messages: the folder, or the data set's path
+        self.root: Path | str = getattr(self.source, "root", path)
         self.image_size, self.channels, self.input_shape = image_size, channels, shape
         self.num_classes, self.unlabelled, self.on_bad_image = num_classes, unlabelled, on_bad_image
         self.normalize = normalize
         self.mean = None if mean is None else [float(v) for v in mean] * (channels // len(mean))
         self.std = None if std is None else [float(v) for v in std] * (channels // len(std))
-        self.cache_dir = Path(cache_dir) if cache_dir else None
         self.batch_size, self.eval_batch_size, self.num_workers = (
             batch_size,
             eval_batch_size,
@@ -201,75 +209,59 @@ class ImageFolderDataModule(SplitLoaders):
         self.label_names: list[str] = []
         #: what the run read (written to data_manifest.json and checkpoints)
         self.manifest: dict[str, Any] = {}
-        #: per split: the image files and their labels (all of the training split's, before
-        #: the label fraction)
-        self.files: dict[str, tuple[list[Path], np.ndarray]] = {}
+        #: per split: the image references (paths, or rows of a data set) and their labels
+        #: (all of the training split's, before the label fraction)
+        self.files: dict[str, tuple[list[Any], np.ndarray]] = {}
         self.indices: dict[str, np.ndarray] = {}
-        self._folders: list[str] = []
+
+    @staticmethod
+    def source_of(settings: Mapping[str, Any]) -> FolderImages | HFImages:
+        """Where the images come from: ``root`` (a folder) or ``path`` (a data set)."""
+        unlabelled = bool(settings.get("unlabelled"))
+        if settings.get("root"):
+            return FolderImages(str(settings["root"]), unlabelled)
+        cache = settings.get("cache_dir")
+        return HFImages(
+            str(settings["path"]),
+            settings.get("name"),
+            settings.get("data_files"),
+            settings.get("split_map"),
+            str(settings.get("image_column") or "image"),
+            str(settings.get("label_column") or "label"),
+            unlabelled,
+            Path(cache) if cache else Path("."),
+        )
+
+    @classmethod
+    def count_classes(cls, settings: Mapping[str, Any]) -> int | None:
+        """``data.num_classes`` of the ``data`` config ``settings``: the class folders of the
+        training images, or the classes of a data set's label column (None when
+        ``unlabelled``); read once per process for the same settings."""
+        if not settings.get("root") and not settings.get("path"):
+            raise ConfigError(
+                "data.root (a folder per class) or data.path (a Hugging Face data set) is not "
+                "set; give one, e.g. data.root=DIR"
+            )
+        key = json.dumps(settings, sort_keys=True, default=str)
+        if key not in _COUNTS:
+            names = cls.source_of(settings).class_names()
+            _COUNTS[key] = None if names is None else len(names)
+        return _COUNTS[key]
 
     # -- listing ----------------------------------------------------------------------
-    def _classes(self, directory: Path) -> dict[str, list[Path]]:
-        """``{class: images}`` of a folder-per-class tree."""
-        loose = [p.name for p in directory.iterdir() if p.is_file() and is_image(p)]
-        if loose:
-            raise ConfigError(
-                f"{directory} holds images directly ({loose[0]}, …), not a folder per class; "
-                "put each class's images in a folder named after it, or pretrain on them with "
-                "data.unlabelled=true"
-            )
-        folders = sorted(
-            p for p in directory.iterdir() if p.is_dir() and not p.name.startswith(".")
-        )
-        return {p.name: image_files(p) for p in folders}
-
-    def _list(self) -> dict[str, tuple[list[Path], list[str]]]:
-        """Per split folder present (``train``, ``val``, ``test``), or ``all`` for a tree
-        without them: the files and their class names ("" without classes)."""
-        if not self.root.is_dir():
-            raise ConfigError(f"data.root={self.root}: no such directory")
-        split_dirs = {s: self.root / s for s in SPLITS if (self.root / s).is_dir()}
-        if split_dirs and "train" not in split_dirs:
-            raise ConfigError(
-                f"data.root={self.root} has {'/ '.join(sorted(split_dirs))}/ but no train/: "
-                "the training images go in train/"
-            )
-        where = split_dirs or {"all": self.root}
-        listed = {}
-        for split, directory in where.items():
-            if self.unlabelled:
-                files = image_files(directory)
-                listed[split] = (files, [""] * len(files))
-            else:
-                classes = self._classes(directory)
-                if split in ("train", "all"):  # every class folder, an empty one too
-                    self._folders = sorted(classes)
-                listed[split] = (
-                    [f for files in classes.values() for f in files],
-                    [name for name, files in classes.items() for _ in files],
-                )
-        total = sum(len(files) for files, _ in listed.values())
-        if total == 0:
-            layout = "any folder" if self.unlabelled else "a folder per class (<root>/<class>/)"
-            raise ConfigError(
-                f"data.root={self.root} holds no images ({', '.join(sorted(IMAGE_SUFFIXES))}) "
-                f"in {layout}"
-            )
-        return listed
-
-    def _check(self, files: list[Path], names: list[str]) -> tuple[list[Path], list[str]]:
-        """The files Pillow can open (``verify``: header and structure, not every pixel)."""
-        from PIL import Image
-
+    def _check(self, files: list[Any], names: list[str]) -> tuple[list[Any], list[str]]:
+        """The images Pillow can open (``verify``: header and structure, not every pixel)."""
         good, bad = [], []
         for path, name in zip(files, names, strict=True):
             try:
-                with Image.open(path) as image:
+                with self.source.open(path) as image:
                     image.verify()
                 good.append((path, name))
             except Exception as err:
                 if self.on_bad_image == "error":
                     raise ConfigError(
-                        f"{path}: not a readable image ({type(err).__name__}: "
+                        f"{self.source.describe(path)}: not a readable image "
+                        f"({type(err).__name__}: "
                         f"{str(err).splitlines()[0] if str(err) else 'corrupt'}); remove it, or "
                         "skip such files with data.on_bad_image=skip"
                     ) from err
@@ -280,7 +272,7 @@ class ImageFolderDataModule(SplitLoaders):
                 len(bad),
                 len(files),
                 self.root,
-                bad[0],
+                self.source.describe(bad[0]),
             )
         self._skipped += len(bad)
         return [p for p, _ in good], [n for _, n in good]
@@ -290,26 +282,24 @@ class ImageFolderDataModule(SplitLoaders):
         if self.files:
             return
         self._skipped = 0
-        listed = {split: self._check(*entry) for split, entry in self._list().items()}
+        found, self.label_names = self.source.listing()
+        listed: Listing = {split: self._check(*entry) for split, entry in found.items()}
         pool_name = "train" if "train" in listed else "all"
         pool_files, pool_names = listed[pool_name]
-        if self.unlabelled:
-            self.label_names = []
-        else:
-            self.label_names = self._folders
+        if not self.unlabelled:
             for split in ("val", "test"):
                 unknown = sorted(set(listed.get(split, ([], []))[1]) - set(self.label_names))
                 if unknown:
                     raise ConfigError(
-                        f"data.root={self.root}: {split}/ has class(es) {', '.join(unknown)} "
-                        f"that train/ does not have ({', '.join(self.label_names)}); a model "
+                        f"{self.source.where}: {split} has class(es) {', '.join(unknown)} "
+                        f"that train does not have ({', '.join(self.label_names)}); a model "
                         "cannot learn a class it never sees: add its training images"
                     )
             if self.num_classes is not None and self.num_classes != len(self.label_names):
                 raise ConfigError(
-                    f"data.num_classes={self.num_classes} but data.root={self.root} has "
-                    f"{len(self.label_names)} class folders ({', '.join(self.label_names)}); "
-                    f"pass data.num_classes={len(self.label_names)}"
+                    f"data.num_classes={self.num_classes} but {self.source.where} has "
+                    f"{len(self.label_names)} classes ({', '.join(self.label_names)}); drop "
+                    f"data.num_classes (it is counted) or pass {len(self.label_names)}"
                 )
         index = {name: i for i, name in enumerate(self.label_names)}
 
@@ -331,9 +321,9 @@ class ImageFolderDataModule(SplitLoaders):
                 keep, out = stratified_split(rest[1], 1.0 - fraction, self.split_seed)
             except ValueError as err:  # too few images for the split's sizes
                 raise ConfigError(
-                    f"data.root={self.root}: {len(rest[1])} images are too few to draw "
+                    f"{self.source.where}: {len(rest[1])} images are too few to draw "
                     f"data.{split}_fraction={fraction} of them for every class "
-                    f"({str(err).splitlines()[0]}); add images or give {split}/ its own folder"
+                    f"({str(err).splitlines()[0]}); add images or {self.source.own(split)}"
                 ) from err
             files[split] = (rest[0][out], rest[1][out])
             rest = (rest[0][keep], rest[1][keep])
@@ -358,18 +348,18 @@ class ImageFolderDataModule(SplitLoaders):
         if self.unlabelled:
             if len(labels) < need:
                 raise ConfigError(
-                    f"data.root={self.root}: {len(labels)} image(s), fewer than the {need} a "
+                    f"{self.source.where}: {len(labels)} image(s), fewer than the {need} a "
                     f"train/{'/'.join(drawn)} split needs"
                 )
             return
         counts = np.bincount(labels, minlength=len(self.label_names))
         for name, count in zip(self.label_names, counts, strict=True):
             if count < need:
-                where = "train/" if pool == "train" else ""
+                own = f", or {self.source.own(drawn[0])}" if drawn else ""
                 raise ConfigError(
-                    f"data.root={self.root}: class {name} has {count} image(s) in {where}"
-                    f"{name}/, fewer than the {need} a stratified train/{'/'.join(drawn)} split "
-                    "needs (one in each); add images, or give the split its own folder"
+                    f"{self.source.where}: class {name} has {count} image(s) in "
+                    f"{self.source.place(name, pool)}, fewer than the {need} a stratified "
+                    f"train/{'/'.join(drawn)} split needs (one in each); add images{own}"
                 )
 
     # -- normalisation statistics ---------------------------------------------------------
@@ -381,8 +371,7 @@ class ImageFolderDataModule(SplitLoaders):
         key = hashlib.sha256()
         key.update(json.dumps([_STATS_VERSION, self.image_size, self.channels]).encode())
         for path in paths:
-            stat = path.stat()
-            key.update(f"{path.resolve()}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+            key.update(f"{self.source.stamp(path)}\n".encode())
         cache = self.cache_dir / f"stats_{key.hexdigest()[:32]}.json" if self.cache_dir else None
         if cache is not None and cache.is_file():
             stored = json.loads(cache.read_text())
@@ -391,7 +380,8 @@ class ImageFolderDataModule(SplitLoaders):
         squares = np.zeros(self.channels)
         pixels = 0
         for path in paths:
-            x = decode(path, self.image_size, self.channels).astype(np.float64)
+            x = decode(self.source.open(path), self.image_size, self.channels)
+            x = x.astype(np.float64)
             total += x.sum(axis=(1, 2))
             squares += (x * x).sum(axis=(1, 2))
             pixels += x.shape[1] * x.shape[2]
@@ -428,7 +418,7 @@ class ImageFolderDataModule(SplitLoaders):
             skipped,
         )
         self.manifest = {
-            "root": str(self.root),
+            "source": self.source.where,
             "splits": sizes,
             "classes": list(self.label_names),
             "skipped_images": self._skipped,
@@ -444,6 +434,7 @@ class ImageFolderDataModule(SplitLoaders):
         keep = self.indices[split] if subset else np.arange(len(paths))
         stats = (self.mean, self.std) if self.normalize else (None, None)
         return ImageFiles(
+            self.source,
             [paths[i] for i in keep],
             labels[keep] if labelled else None,
             self.image_size,
@@ -466,3 +457,7 @@ class ImageFolderDataModule(SplitLoaders):
             shuffle=False,
             num_workers=self.num_workers,
         )
+
+
+#: class counts by the data settings: the config resolves ``data.num_classes`` several times
+_COUNTS: dict[str, int | None] = {}

@@ -152,7 +152,7 @@ def _file_stamp(settings: Mapping[str, Any]) -> str:
     return json.dumps([settings, stamp], sort_keys=True, default=str)
 
 
-def _labels_key(value: Any, where: str) -> int | str:
+def label_key(value: Any, where: str) -> int | str:
     """A label as ptft keeps it: an int (a float that is one, too) or a string."""
     if value is None or (isinstance(value, str) and not value.strip()):
         raise ConfigError(f"{where}: a row has no label; fill it in or drop the row")
@@ -436,7 +436,7 @@ class TextClassificationDataModule(LabelledRowsDataModule):
             return
         rows, unit = self.read_rows()
         train_labels = [
-            _labels_key(v, f"data.label_column={self.label_column}")
+            label_key(v, f"data.label_column={self.label_column}")
             for v in rows["train"][self.label_column]  # type: ignore[index]
         ]
         classes = class_names(train_labels)
@@ -493,7 +493,7 @@ class TextClassificationDataModule(LabelledRowsDataModule):
         lengths: list[int],
     ) -> ClassificationExamples:
         where = f"data.label_column={self.label_column}"
-        labels = [str(_labels_key(v, where)) for v in columns[self.label_column]]
+        labels = [str(label_key(v, where)) for v in columns[self.label_column]]
         unseen = Counter(y for y in labels if y not in index)
         if unseen:
             label, n = unseen.most_common(1)[0]
@@ -532,7 +532,7 @@ def _count_classes(settings: Mapping[str, Any]) -> int:
         rows, _ = read_splits(settings, [label_column], cache_dir)
         where = f"data.label_column={label_column}"
         train = rows["train"][label_column]  # type: ignore[index]
-        _COUNTS[key] = len(class_names([_labels_key(v, where) for v in train]))
+        _COUNTS[key] = len(class_names([label_key(v, where) for v in train]))
     return _COUNTS[key]
 
 

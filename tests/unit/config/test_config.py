@@ -21,7 +21,7 @@ CONF = Path(config_dir())
 REQUIRED = {
     "text_files": ["data.files=notes/*.txt"],
     "hf_text": ["data.path=wikitext"],
-    "image_folder": ["data.root=images"],
+    "image_folder": ["data.root=images", "data.num_classes=3"],
     # its num_classes is counted from the rows when the config resolves
     "text_classification": [f"data.files={Path(__file__).parent / 'labelled.jsonl'}"],
 }

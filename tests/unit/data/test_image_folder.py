@@ -34,9 +34,9 @@ def class_tree(root: Path, per_class: int = 12, classes=CLASSES) -> Path:
     return root
 
 
-def make(root: Path, **kwargs) -> ImageFolderDataModule:
+def make(root: Path | None, **kwargs) -> ImageFolderDataModule:
     kwargs.setdefault("image_size", 8)
-    dm = ImageFolderDataModule(root=str(root), **kwargs)
+    dm = ImageFolderDataModule(root=None if root is None else str(root), **kwargs)
     dm.setup()
     return dm
 
@@ -205,14 +205,104 @@ def test_bad_inputs_each_fail_in_one_line(tmp_path):
     (small / "emu").mkdir()
     with one_line(r"class emu has 0 image\(s\) in emu/"):
         make(small, test_fraction=0.0, val_fraction=0.25)
-    with one_line("data.num_classes=4 but .* has 3 class folders .* pass data.num_classes=3"):
+    with one_line(r"data.num_classes=4 but .* has 3 classes \(cat, dog, owl\); drop data.num_"):
         make(class_tree(tmp_path / "three"), num_classes=4)
     split = tmp_path / "split"
     class_tree(split / "train", per_class=4, classes={"cat": CLASSES["cat"]})
     class_tree(split / "val", per_class=2, classes={"cat": CLASSES["cat"], "emu": (9, 9, 9)})
-    with one_line("val/ has class.*emu that train/ does not have"):
+    with one_line("val has class.*emu that train does not have"):
         make(split)
     with one_line("data.mean and data.std go together"):
         ImageFolderDataModule(root=str(tmp_path), mean=[0.5])
     with one_line(r"data.std=\[0.1, 0.2\]: one value, or one per channel"):
         ImageFolderDataModule(root=str(tmp_path), mean=[0.5], std=[0.1, 0.2])
+
+
+# -- a Hugging Face image data set (data.path) ---------------------------------------------
+def hf_images(root: Path, per_class: int = 12, class_label: bool = True, splits=("train",)) -> Path:
+    """A ``save_to_disk`` data set of PNG-encoded images: an ``image`` column and a ``label``
+    column (a ``ClassLabel``, or the class names as strings)."""
+    import datasets
+
+    tree = class_tree(root / "pngs", per_class=per_class)
+    names = sorted(CLASSES)
+    rows = [(str(p), names.index(p.parent.name)) for p in sorted(tree.rglob("*.png"))]
+    label = datasets.ClassLabel(names=names) if class_label else datasets.Value("string")
+    features = datasets.Features(
+        {"image": datasets.Image(), "label": label, "note": datasets.Value("string")}
+    )
+    parts = {}
+    for split in splits:
+        parts[split] = datasets.Dataset.from_dict(
+            {
+                "image": [p for p, _ in rows],
+                "label": [y if class_label else names[y] for _, y in rows],
+                "note": ["x"] * len(rows),
+            },
+            features=features,
+        )
+    datasets.DatasetDict(parts).save_to_disk(str(root / "ds"))
+    return root / "ds"
+
+
+def test_a_hugging_face_data_set_reads_as_a_folder_does(tmp_path):
+    pytest.importorskip("datasets")
+    path = hf_images(tmp_path)
+    dm = make(None, path=str(path), cache_dir=str(tmp_path / "cache"), eval_batch_size=100)
+    assert dm.label_names == ["cat", "dog", "owl"]
+    folder = make(tmp_path / "pngs", eval_batch_size=100)
+    # the same images, the same order (sorted by class, then file), so the same seeded split
+    for split in ("train", "val", "test"):
+        assert dm.files[split][1].tolist() == folder.files[split][1].tolist()
+    x, y = batch_of(dm, "test")
+    x_folder, y_folder = batch_of(folder, "test")
+    torch.testing.assert_close(x, x_folder)  # decoded from the bytes in the arrow table
+    assert torch.equal(y, y_folder)
+    assert ImageFolderDataModule.count_classes({"path": str(path), "cache_dir": None}) == 3
+
+
+def test_hugging_face_string_labels_splits_and_bad_columns(tmp_path):
+    pytest.importorskip("datasets")
+    path = hf_images(tmp_path, per_class=4, class_label=False, splits=("train", "validation"))
+    dm = make(None, path=str(path), test_fraction=0.25)
+    assert dm.label_names == ["cat", "dog", "owl"]  # the strings, sorted
+    # validation is the data set's own; test is drawn from train, stratified
+    assert {s: len(dm.indices[s]) for s in ("train", "val", "test")} == {
+        "train": 9,
+        "val": 12,
+        "test": 3,
+    }
+    with one_line(
+        "data.image_column=picture: .* has no such column; its columns are image, label, note"
+    ):
+        make(None, path=str(path), image_column="picture")
+    with one_line("data.label_column=kind: .* has no such column"):
+        make(None, path=str(path), label_column="kind")
+    with one_line(r"data.image_column=note: .* holds Value values there, not images"):
+        make(None, path=str(path), image_column="note")
+    with one_line(
+        "data.split_map.train=training: .* has no such split; set it to one of train, validation"
+    ):
+        make(None, path=str(path), split_map={"train": "training"})
+    with one_line("give the images one way: data.root=DIR .* got both"):
+        make(tmp_path, path=str(path))
+    with one_line("data.path=./missing: no such folder"):
+        make(None, path="./missing")
+
+
+def test_a_corrupt_image_in_a_data_set_is_named_by_its_row(tmp_path, caplog):
+    datasets = pytest.importorskip("datasets")
+    good = class_tree(tmp_path / "pngs", per_class=4)
+    images = [{"bytes": p.read_bytes(), "path": None} for p in sorted(good.rglob("*.png"))]
+    images[5] = {"bytes": b"\x89PNG\r\n\x1a\n" + b"garbage" * 10, "path": None}
+    features = datasets.Features({"image": datasets.Image(), "label": datasets.Value("int64")})
+    labels = [i // 4 for i in range(12)]
+    part = datasets.Dataset.from_dict({"image": images, "label": labels}, features=features)
+    datasets.DatasetDict({"train": part, "test": part}).save_to_disk(str(tmp_path / "ds"))
+    with one_line(r"ds train\[5\] \(image\): not a readable image"):
+        make(None, path=str(tmp_path / "ds"))
+    with caplog.at_level(logging.INFO, logger="ptft.data.image_folder"):
+        dm = make(None, path=str(tmp_path / "ds"), on_bad_image="skip", val_fraction=0.4)
+    assert "skipped 1 unreadable image(s) of 12" in caplog.text  # in train and in test
+    assert dm.label_names == ["0", "1", "2"]  # int labels, in numeric order
+    assert len(dm.indices["test"]) == 11
