@@ -301,13 +301,7 @@ class Bert(Family):
                 out[f"{b}attn.qkv.{part}"] = torch.cat(
                     [get(f"{h}attention.self.{n}.{part}") for n in ("query", "key", "value")]
                 )
-                for mine, theirs in (
-                    ("attn.proj", "attention.output.dense"),
-                    ("ln1", "attention.output.LayerNorm"),
-                    ("mlp.fc", "intermediate.dense"),
-                    ("mlp.proj", "output.dense"),
-                    ("ln2", "output.LayerNorm"),
-                ):
+                for mine, theirs in BERT_LAYER:
                     out[f"{b}{mine}.{part}"] = get(f"{h}{theirs}.{part}")
         unused = get.unused()  # the pooler, which no ptft model reads
         head = _Renamer(rest)
@@ -352,21 +346,7 @@ class Bert(Family):
             e + "LayerNorm.weight": state["embedding_norm.weight"],
             e + "LayerNorm.bias": state["embedding_norm.bias"],
         }
-        d = bb["dim"]
-        for i in range(bb["num_layers"]):
-            h, b = f"{p}encoder.layer.{i}.", f"blocks.{i}."
-            for part in ("weight", "bias"):
-                q, k, v = state[f"{b}attn.qkv.{part}"].split(d)
-                for name, t in (("query", q), ("key", k), ("value", v)):
-                    out[f"{h}attention.self.{name}.{part}"] = t
-                for mine, theirs in (
-                    ("attn.proj", "attention.output.dense"),
-                    ("ln1", "attention.output.LayerNorm"),
-                    ("mlp.fc", "intermediate.dense"),
-                    ("mlp.proj", "output.dense"),
-                    ("ln2", "output.LayerNorm"),
-                ):
-                    out[f"{h}{theirs}.{part}"] = state[f"{b}{mine}.{part}"]
+        out.update(_bert_layers(bb, state, p, BERT_LAYER))
         if with_head:
             t = "cls.predictions.transform."
             for mine, theirs in (("0", "dense"), ("2", "LayerNorm")):
@@ -675,21 +655,43 @@ class MegatronBert(Family):
             "pooler.dense.weight": torch.eye(d),
             "pooler.dense.bias": torch.zeros(d),
         }
-        for i in range(bb["num_layers"]):
-            h, b = f"encoder.layer.{i}.", f"blocks.{i}."
-            for part in ("weight", "bias"):
-                q, k, v = state[f"{b}attn.qkv.{part}"].split(d)
-                for name, t in (("query", q), ("key", k), ("value", v)):
-                    out[f"{h}attention.self.{name}.{part}"] = t
-                for mine, theirs in (
-                    ("ln1", "attention.ln"),
-                    ("attn.proj", "attention.output.dense"),
-                    ("ln2", "ln"),
-                    ("mlp.fc", "intermediate.dense"),
-                    ("mlp.proj", "output.dense"),
-                ):
-                    out[f"{h}{theirs}.{part}"] = state[f"{b}{mine}.{part}"]
+        out.update(_bert_layers(bb, state, "", MEGATRON_LAYER))
         return out
+
+
+#: ptft block → BERT layer names (post-LN: each norm after its residual)
+BERT_LAYER = (
+    ("attn.proj", "attention.output.dense"),
+    ("ln1", "attention.output.LayerNorm"),
+    ("mlp.fc", "intermediate.dense"),
+    ("mlp.proj", "output.dense"),
+    ("ln2", "output.LayerNorm"),
+)
+#: ptft block → MegatronBERT layer names (pre-LN: each norm before its sublayer)
+MEGATRON_LAYER = (
+    ("ln1", "attention.ln"),
+    ("attn.proj", "attention.output.dense"),
+    ("ln2", "ln"),
+    ("mlp.fc", "intermediate.dense"),
+    ("mlp.proj", "output.dense"),
+)
+
+
+def _bert_layers(
+    bb: dict[str, Any], state: State, prefix: str, names: tuple[tuple[str, str], ...]
+) -> State:
+    """The encoder layers of a BERT-layout model (``{prefix}encoder.layer.N.``): ptft's fused
+    qkv split into query, key and value, the other tensors renamed by ``names``."""
+    out: State = {}
+    for i in range(bb["num_layers"]):
+        h, b = f"{prefix}encoder.layer.{i}.", f"blocks.{i}."
+        for part in ("weight", "bias"):
+            q, k, v = state[f"{b}attn.qkv.{part}"].split(bb["dim"])
+            for name, t in (("query", q), ("key", k), ("value", v)):
+                out[f"{h}attention.self.{name}.{part}"] = t
+            for mine, theirs in names:
+                out[f"{h}{theirs}.{part}"] = state[f"{b}{mine}.{part}"]
+    return out
 
 
 def _take_head(
