@@ -319,19 +319,7 @@ class Bert(Family):
     @classmethod
     def from_ptft(cls, bb: dict[str, Any]) -> dict[str, Any]:
         return {
-            "model_type": "bert",
-            "vocab_size": bb["vocab_size"],
-            "hidden_size": bb["dim"],
-            "num_hidden_layers": bb["num_layers"],
-            "num_attention_heads": bb["num_heads"],
-            "intermediate_size": _hidden_dim(bb),
-            "max_position_embeddings": bb["max_positions"],
-            "hidden_act": ACTIVATIONS_OUT[bb.get("activation", "gelu")],
-            "layer_norm_eps": bb.get("norm_eps", 1e-5),
-            "type_vocab_size": bb.get("token_types", 0),
-            "pad_token_id": bb.get("pad_token_id"),
-            "hidden_dropout_prob": 0.0,
-            "attention_probs_dropout_prob": 0.0,
+            **_bert_config(bb, "bert", type_vocab_size=bb.get("token_types", 0)),
             "tie_word_embeddings": True,
         }
 
@@ -616,21 +604,7 @@ class MegatronBert(Family):
 
     @classmethod
     def from_ptft(cls, bb: dict[str, Any]) -> dict[str, Any]:
-        return {
-            "model_type": "megatron-bert",
-            "vocab_size": bb["vocab_size"],
-            "hidden_size": bb["dim"],
-            "num_hidden_layers": bb["num_layers"],
-            "num_attention_heads": bb["num_heads"],
-            "intermediate_size": _hidden_dim(bb),
-            "max_position_embeddings": bb["max_positions"],
-            "hidden_act": ACTIVATIONS_OUT[bb.get("activation", "gelu")],
-            "layer_norm_eps": bb.get("norm_eps", 1e-5),
-            "type_vocab_size": 1,
-            "pad_token_id": bb.get("pad_token_id"),
-            "hidden_dropout_prob": 0.0,
-            "attention_probs_dropout_prob": 0.0,
-        }
+        return _bert_config(bb, "megatron-bert", type_vocab_size=1)
 
     @classmethod
     def export_weights(cls, bb: dict[str, Any], state: State, with_head: bool) -> State:
@@ -675,6 +649,26 @@ MEGATRON_LAYER = (
     ("mlp.fc", "intermediate.dense"),
     ("mlp.proj", "output.dense"),
 )
+
+
+def _bert_config(bb: dict[str, Any], model_type: str, type_vocab_size: int) -> dict[str, Any]:
+    """The ``config.json`` fields that BERT and MegatronBERT share, from ptft's backbone
+    config (no dropout: the export reproduces ptft's features)."""
+    return {
+        "model_type": model_type,
+        "vocab_size": bb["vocab_size"],
+        "hidden_size": bb["dim"],
+        "num_hidden_layers": bb["num_layers"],
+        "num_attention_heads": bb["num_heads"],
+        "intermediate_size": _hidden_dim(bb),
+        "max_position_embeddings": bb["max_positions"],
+        "hidden_act": ACTIVATIONS_OUT[bb.get("activation", "gelu")],
+        "layer_norm_eps": bb.get("norm_eps", 1e-5),
+        "type_vocab_size": type_vocab_size,
+        "pad_token_id": bb.get("pad_token_id"),
+        "hidden_dropout_prob": 0.0,
+        "attention_probs_dropout_prob": 0.0,
+    }
 
 
 def _bert_layers(
