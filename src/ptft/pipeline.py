@@ -29,8 +29,9 @@ config.register()
 @hydra.main(version_base="1.3", config_path=config_dir(), config_name="pipeline")
 @one_line_errors
 def main(cfg: DictConfig) -> float:
-    """Returns, for sweepers, the first task's headline metric (mean over seeds) of the best
-    pretrained method at that task's smallest label fraction."""
+    """Returns, for sweepers, the validation counterpart of the first task's headline metric
+    (``val/acc`` for ``test/acc``; mean over seeds) of the pretrained method best on it at that
+    task's smallest label fraction: never a test metric, so a sweep never selects on test."""
     from ptft.runs.console import quiet_libraries
     from ptft.study.runner import run_study  # torch and Lightning load only when a run starts
 

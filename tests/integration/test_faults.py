@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 from dataclasses import asdict
 from pathlib import Path
 
@@ -77,7 +78,17 @@ def rows(out: Path) -> list[dict[str, str]]:
         return [{k: v for k, v in r.items() if k != "seconds"} for r in csv.DictReader(f)]
 
 
-def test_a_study_started_again_runs_only_what_had_not_finished(tmp_path, monkeypatch):
+def counted_lines(caplog) -> list[str]:
+    """The study's per-run log lines (``[k/n] …``) caught since the last clear."""
+    return [
+        r.getMessage()
+        for r in caplog.records
+        if r.name == "ptft.study.runner" and r.getMessage().startswith("[")
+    ]
+
+
+def test_a_study_started_again_runs_only_what_had_not_finished(tmp_path, monkeypatch, caplog):
+    caplog.set_level(logging.INFO, logger="ptft.study.runner")
     whole, broken = tmp_path / "whole", tmp_path / "broken"
     scratch = "finetune/digits/fraction_0.1/scratch/seed_0"
     probe = "finetune/digits/fraction_0.1/linear_probe/seed_0"
@@ -90,7 +101,13 @@ def test_a_study_started_again_runs_only_what_had_not_finished(tmp_path, monkeyp
     assert not (broken / probe / runner.RESULT_FILE).exists()
 
     # started again: only the linear probe runs, from the pretraining checkpoint of the first start
+    caplog.clear()
     assert run_study(broken, STUDY, monkeypatch) == [probe]
+    # the run kept from the first start counts: 1 of 2, then 2 of 2
+    first, second = counted_lines(caplog)
+    assert first.startswith("[1/2] digits fraction 0.1   scratch ") and "earlier start" in first
+    assert second.startswith("[2/2] digits fraction 0.1   linear_probe ")
+    assert "earlier start" not in second and second.endswith("all runs done")
     assert (broken / f"{probe}.interrupted-1" / "config.yaml").is_file()  # the killed attempt
     assert rows(broken) == rows(whole) and len(rows(whole)) == 2
     # every metric of the probe (its training loss too) is the uninterrupted study's, bit for bit

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -79,9 +80,17 @@ def pipeline_run(tmp_path_factory):
 
 def test_results_csv_has_one_row_per_fraction_method_and_seed(pipeline_run):
     rows = csv_rows(pipeline_run)
-    assert {"task", "label_fraction", "method", "seed", "test/acc", "test/f1", "seconds"} <= set(
-        rows[0]
-    )
+    assert list(rows[0]) == [
+        "task",
+        "label_fraction",
+        "method",
+        "seed",
+        "test/acc",
+        "test/f1",
+        "val/acc",
+        "val/f1",
+        "seconds",
+    ]
     keys = sorted(
         (r["task"], float(r["label_fraction"]), r["method"], int(r["seed"])) for r in rows
     )
@@ -98,7 +107,20 @@ def test_results_csv_has_one_row_per_fraction_method_and_seed(pipeline_run):
         + [("digits", 0.1, m, 0) for m in methods]
     )
     assert keys == expected
-    assert all(0.0 <= float(r["test/acc"]) <= 1.0 for r in rows)
+    # every run validated on its last step: its validation metrics are recorded beside the test's
+    assert all(0.0 <= float(r[m]) <= 1.0 for r in rows for m in ("test/acc", "val/acc", "val/f1"))
+
+
+def test_the_log_counts_every_run_and_says_the_time_left(pipeline_run):
+    lines = (pipeline_run / "pipeline.log").read_text().splitlines()
+    runs = [line for line in lines if re.search(r"\]\[ptft.study.runner\]\[INFO\] - \[\d+/", line)]
+    # 2 seeds x 6 methods at fraction 0.02, 1 x 6 at 0.1: counted 1 to 18, in order, once each
+    counts = [re.search(r"- \[(\d+)/(\d+)\] ", line).groups() for line in runs]
+    assert counts == [(str(k), "18") for k in range(1, 19)]
+    for line in runs[:-1]:
+        assert re.search(r"; elapsed \d+:\d\d, ~\d+ (s|min) left$", line), line
+    assert re.search(r"; elapsed \d+:\d\d, all runs done$", runs[-1]), runs[-1]
+    assert "[18/18] digits fraction 0.1   svc" in runs[-1]
 
 
 def test_svc_baseline_uses_the_same_labelled_subsets(pipeline_run):
@@ -106,13 +128,17 @@ def test_svc_baseline_uses_the_same_labelled_subsets(pipeline_run):
     for r in rows:
         dm = DigitsDataModule(label_fraction=float(r["label_fraction"]), subset_seed=int(r["seed"]))
         dm.setup("fit")
-        (x, y), (xt, yt) = dm.splits["train"], dm.splits["test"]
-        svc = SVC(C=10.0, gamma="scale")  # the pipeline's default baseline
-        predicted = svc.fit(x.flatten(1), y).predict(xt.flatten(1))
-        assert float(r["test/acc"]) == pytest.approx(np.mean(predicted == yt.numpy()), abs=1e-9)
-        assert float(r["test/f1"]) == pytest.approx(
-            f1_score(yt, predicted, average="macro"), abs=1e-9
-        )
+        (x, y) = dm.splits["train"]
+        svc = SVC(C=10.0, gamma="scale").fit(x.flatten(1), y)  # the pipeline's default baseline
+        for split in ("test", "val"):
+            xs, ys = dm.splits[split]
+            predicted = svc.predict(xs.flatten(1))
+            assert float(r[f"{split}/acc"]) == pytest.approx(
+                np.mean(predicted == ys.numpy()), abs=1e-9
+            )
+            assert float(r[f"{split}/f1"]) == pytest.approx(
+                f1_score(ys, predicted, average="macro"), abs=1e-9
+            )
 
 
 def test_markdown_table_plot_and_tensorboard(pipeline_run):
@@ -214,14 +240,17 @@ def test_text_study_runs_every_task_fraction_method_and_seed(text_run):
     assert keys == expected
     for r in rows:
         if r["task"] == "package":
-            assert 0.0 <= float(r["test/acc"]) <= 1.0 and 0.0 <= float(r["test/f1"]) <= 1.0
+            for stage in ("test", "val"):
+                assert 0.0 <= float(r[f"{stage}/acc"]) <= 1.0
+                assert 0.0 <= float(r[f"{stage}/f1"]) <= 1.0
             assert r["test/exact_match"] == r["test/ppl"] == ""  # the other task's columns
         else:
-            assert (
-                0.0 <= float(r["test/exact_match"]) <= 1.0
-                and 0.0 <= float(r["test/token_acc"]) <= 1.0
-            )
-            assert float(r["test/ppl"]) >= 1.0
+            for stage in ("test", "val"):
+                assert (
+                    0.0 <= float(r[f"{stage}/exact_match"]) <= 1.0
+                    and 0.0 <= float(r[f"{stage}/token_acc"]) <= 1.0
+                )
+                assert float(r[f"{stage}/ppl"]) >= 1.0
             assert r["test/acc"] == r["test/f1"] == ""
 
 
@@ -269,6 +298,26 @@ def test_every_study_composes_for_every_method(study):
     check_study([f"pipeline={study}"])
 
 
+@pytest.mark.parametrize("bars", [False, True])
+def test_on_a_terminal_a_run_draws_its_bars_below_the_studys(bars):
+    from ptft.callbacks.progress import NestedProgressBar
+    from ptft.runs.build import build_callbacks
+    from ptft.study import runner
+
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
+        cfg = compose(config_name="pipeline")
+        run = runner.Run("digits", 0.1, "finetune", 0)
+        overrides = runner.run_overrides(cfg, run, None, Path("unused"), bars=bars)
+        run_cfg = runner.compose_train(overrides, "tasks.digits")
+    runner.check_run(run_cfg, "tasks.digits")
+    assert run_cfg.trainer.enable_progress_bar is bars
+    callbacks = build_callbacks(run_cfg, has_logger=False)
+    nested = [c for c in callbacks if isinstance(c, NestedProgressBar)]
+    assert [c.process_position for c in nested] == ([1] if bars else [])
+    assert len(callbacks) == len(nested)  # callbacks=none: nothing else
+
+
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
@@ -277,6 +326,14 @@ def test_every_study_composes_for_every_method(study):
             "tasks.digits.methods: ['prompt_tuning'] are not known",
         ),
         (["pipeline=text", "tasks.package.methods=[scratch,svc]"], "svc fits raw pixels"),
+        (
+            ["tasks.digits.methods=[scratch,finetune,finetune]"],
+            "tasks.digits.methods: ['finetune'] appear more than once",
+        ),
+        (
+            ["tasks.digits.metrics=[val/acc,test/f1]"],
+            "tasks.digits.metrics: ['val/acc'] are not test metrics",
+        ),
         (["tasks.digits.label_fractions=[0.0]"], "tasks.digits.label_fractions"),
         (
             [
@@ -309,16 +366,14 @@ def made_up_results() -> list[Result]:
     for fraction, seeds in [(0.1, 3), (1.0, 2)]:
         for seed in range(seeds):
             for method in METHODS:
-                acc, f1 = rng.uniform(0, 1, 2)
-                results.append(
-                    Result("cls", fraction, method, seed, {"test/acc": acc, "test/f1": f1}, 1.0)
-                )
+                acc, f1, val_acc = rng.uniform(0, 1, 3)
+                metrics = {"test/acc": acc, "test/f1": f1, "val/acc": val_acc}
+                results.append(Result("cls", fraction, method, seed, metrics, 1.0))
     for seed in range(3):
         for method in METHODS:
-            ppl, em = rng.uniform(1, 500), rng.uniform(0, 1)
-            results.append(
-                Result("gen", 1.0, method, seed, {"test/ppl": ppl, "test/exact_match": em}, 1.0)
-            )
+            ppl, em, val_ppl = rng.uniform(1, 500), rng.uniform(0, 1), rng.uniform(1, 500)
+            metrics = {"test/ppl": ppl, "test/exact_match": em, "val/ppl": val_ppl}
+            results.append(Result("gen", 1.0, method, seed, metrics, 1.0))
     return results
 
 
@@ -384,22 +439,27 @@ def test_csv_leaves_other_tasks_metrics_empty(tmp_path):
         "seed",
         "test/acc",
         "test/f1",
+        "val/acc",
+        "val/f1",
         "test/ppl",
         "test/exact_match",
+        "val/ppl",
+        "val/exact_match",
         "seconds",
     ]
     assert len(rows) == len(results)
-    assert all(r["test/ppl"] == r["test/exact_match"] == "" for r in rows if r["task"] == "cls")
-    assert all(r["test/acc"] == r["test/f1"] == "" for r in rows if r["task"] == "gen")
+    assert all(r["test/ppl"] == r["val/ppl"] == "" for r in rows if r["task"] == "cls")
+    assert all(r["test/acc"] == r["val/acc"] == "" for r in rows if r["task"] == "gen")
     assert float(rows[0]["test/acc"]) == pytest.approx(results[0].metrics["test/acc"])
 
 
 def test_score_is_the_best_pretrained_method_of_the_first_task_at_its_smallest_fraction():
+    # on validation: a sweep never selects on test
     results = made_up_results()
-    accs = [values(results, "cls", 0.1, m, "test/acc").mean() for m in ("linear_probe", "finetune")]
+    accs = [values(results, "cls", 0.1, m, "val/acc").mean() for m in ("linear_probe", "finetune")]
     assert study_score(results, COLUMNS) == pytest.approx(max(accs))
     # a lower-is-better headline (perplexity) picks the lowest mean
-    ppls = [values(results, "gen", 1.0, m, "test/ppl").mean() for m in ("linear_probe", "finetune")]
+    ppls = [values(results, "gen", 1.0, m, "val/ppl").mean() for m in ("linear_probe", "finetune")]
     assert study_score(results, {"gen": COLUMNS["gen"], "cls": COLUMNS["cls"]}) == pytest.approx(
         min(ppls)
     )

@@ -2,9 +2,12 @@
 
 The sources are parsed with :mod:`ast` (never imported, so nothing runs), every module,
 class and function docstring becomes one record, and records are split into
-train/val/test **by source file** so that no file feeds two splits. The corpus is cached
-on disk keyed by the Python version and a hash of the sources, and two labelled tasks are
-derived from the same records and split: package classification and name generation.
+train/val/test **by source file** so that no file feeds two splits. The same docstring can
+stand in two files (a pure-Python twin of a C module, a copied helper), so a val record
+whose text a training record has, and a test record whose text train or val has, is dropped:
+no held-out text is ever trained on, pretraining included. The corpus is cached on disk keyed
+by the Python version and a hash of the sources, and two labelled tasks are derived from the
+same records and split: package classification and name generation.
 """
 
 from __future__ import annotations
@@ -19,15 +22,22 @@ import re
 import sysconfig
 import warnings
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TypeVar
 
 from ptft.errors import ConfigError
 from ptft.files import locked, write_atomic
 
 #: bumped whenever the extraction rules change, so old caches are not reused
 FORMAT_VERSION = 1
+#: bumped whenever the rule that puts records into splits changes; written into the manifest
+#: (and so into every checkpoint). The cached records do not depend on it, and what is built
+#: from a split (token files, a tokenizer) is keyed by the hash of that split's texts, so a
+#: changed split never reuses them. 2: val/test records whose text an earlier split has are
+#: dropped (:func:`drop_seen`).
+SPLIT_VERSION = 2
 
 SPLITS = ("train", "val", "test")
 
@@ -240,6 +250,35 @@ def assign_splits(
     return splits
 
 
+T = TypeVar("T")
+
+
+def normalized(text: str) -> str:
+    """A text as compared across splits: its words joined by single spaces, so a copy that is
+    indented or wrapped differently is the same text."""
+    return " ".join(text.split())
+
+
+def drop_seen(
+    splits: Mapping[str, Sequence[T]],
+    key: Callable[[T], str],
+    seen_by: Mapping[str, Iterable[str]] | None = None,
+) -> tuple[dict[str, list[T]], dict[str, int]]:
+    """Each split (in :data:`SPLITS` order) without the items whose ``key`` an earlier split
+    has, and how many each lost: val loses what train has, test what train or val has; train
+    keeps everything. An earlier split "has" its items' keys, or ``seen_by[split]`` when given
+    (a wider set: every text that split shows a model)."""
+    seen: set[str] = set()
+    kept: dict[str, list[T]] = {}
+    dropped: dict[str, int] = {}
+    for split in SPLITS:
+        items = list(splits.get(split, []))
+        kept[split] = [item for item in items if key(item) not in seen]
+        dropped[split] = len(items) - len(kept[split])
+        seen.update(seen_by[split] if seen_by is not None else (key(item) for item in items))
+    return kept, dropped
+
+
 def texts_hash(texts: Iterable[str]) -> str:
     """sha256 of a sequence of texts (length-prefixed, so boundaries count)."""
     h = hashlib.sha256()
@@ -341,9 +380,11 @@ def build_corpus(
 ) -> PydocCorpus:
     """The docstring corpus split by source file; cached under ``cache_dir``.
 
-    ``root`` defaults to the running interpreter's standard library. The manifest holds the
-    stored fields (``python_version``, ``content_hash`` of the cached records, counts) plus
-    the split settings and, per split, its files, records, characters and ``texts_hash``.
+    ``root`` defaults to the running interpreter's standard library. A val/test record whose
+    text (:func:`normalized`) an earlier split has is dropped (:func:`drop_seen`). The manifest
+    holds the stored fields (``python_version``, ``content_hash`` of the cached records, counts)
+    plus ``split_version``, the split settings and, per split, its files, records, records
+    dropped as seen (``dropped_seen``), characters and ``texts_hash``.
     """
     if not (
         0.0 <= val_fraction < 1.0
@@ -356,11 +397,14 @@ def build_corpus(
         )
     records, stored = load_records(cache_dir, root)
     assignment = assign_splits((r.path for r in records), seed, val_fraction, test_fraction)
-    splits: dict[str, list[DocRecord]] = {name: [] for name in SPLITS}
+    by_file: dict[str, list[DocRecord]] = {name: [] for name in SPLITS}
     for r in records:
-        splits[assignment[r.path]].append(r)
+        by_file[assignment[r.path]].append(r)
+    # a docstring found in two files of different splits is held out only where it is new
+    splits, dropped = drop_seen(by_file, lambda r: normalized(r.text))
     manifest = {
         **stored,
+        "split_version": SPLIT_VERSION,
         "seed": seed,
         "val_fraction": val_fraction,
         "test_fraction": test_fraction,
@@ -368,6 +412,7 @@ def build_corpus(
             name: {
                 "files": len({r.path for r in rs}),
                 "records": len(rs),
+                "dropped_seen": dropped[name],
                 "chars": sum(len(r.text) for r in rs),
                 "texts_hash": texts_hash(r.text for r in rs),
             }
@@ -434,7 +479,10 @@ def name_task(corpus: PydocCorpus) -> dict[str, list[tuple[str, str]]]:
     """First paragraph of a function's docstring → the function's (unqualified) name, per split.
 
     Private names (leading underscore, dunders included) are skipped: they are
-    implementation details, and their docstrings rarely describe a public operation.
+    implementation details, and their docstrings rarely describe a public operation. Two
+    docstrings that differ after their first paragraph make the same prompt, so a val/test
+    pair whose prompt opens any docstring of an earlier split (one the pretraining read, or
+    a training pair's) is dropped.
     """
     examples: dict[str, list[tuple[str, str]]] = {}
     for split, records in corpus.splits.items():
@@ -447,4 +495,9 @@ def name_task(corpus: PydocCorpus) -> dict[str, list[tuple[str, str]]]:
             if summary:
                 pairs.append((summary, name))
         examples[split] = pairs
-    return examples
+    openings = {
+        split: {normalized(first_paragraph(r.text)) for r in records}
+        for split, records in corpus.splits.items()
+    }
+    kept, _ = drop_seen(examples, lambda pair: normalized(pair[0]), openings)
+    return kept

@@ -1,7 +1,9 @@
 """The study's report: results.csv (one row a run), results.md, a plot, and TensorBoard.
 
 Every task has its own methods and metrics; the first metric of a task is its headline,
-the one the main table and the plot show.
+the one the main table and the plot show. Each run also records the validation counterpart
+of every test metric (``val/acc`` beside ``test/acc``): the study's score for sweepers is a
+validation metric, so a sweep never selects on the test split.
 """
 
 from __future__ import annotations
@@ -53,6 +55,32 @@ class TaskColumns:
     def headline(self) -> str:
         return self.metrics[0]
 
+    @property
+    def val_metrics(self) -> list[str]:
+        """The validation counterpart of each metric (``test/acc`` → ``val/acc``)."""
+        return list(dict.fromkeys(val_counterpart(m) for m in self.metrics))
+
+    @property
+    def selection(self) -> str:
+        """What the study's score for sweepers is read from: the headline's validation
+        counterpart."""
+        return val_counterpart(self.headline)
+
+
+def val_counterpart(metric: str) -> str:
+    """``test/acc`` → ``val/acc``: the same metric on the validation split. The study reports
+    test metrics only (``ptft.study.runner.check`` refuses others)."""
+    stage, sep, name = metric.partition("/")
+    if stage != "test" or not sep or not name:
+        raise ValueError(f"{metric!r} is not a test metric (test/<name>)")
+    return f"val/{name}"
+
+
+def fraction_key(fraction: float) -> float:
+    """A label fraction as the report groups it: rounded, so that two runs whose fractions
+    differ only in float noise (0.3 and 0.1 + 0.2) share one row, as they share one label."""
+    return round(float(fraction), 9)
+
 
 def is_rate(metric: str) -> bool:
     """Whether a metric is a rate in [0, 1] (acc, f1, exact_match, token_acc …), shown in %."""
@@ -80,25 +108,46 @@ def summarize(
     groups: dict[tuple[str, float, str], list[float]] = defaultdict(list)
     for r in results:
         if metric in r.metrics:
-            groups[(r.task, r.label_fraction, r.method)].append(r.metrics[metric])
+            groups[(r.task, fraction_key(r.label_fraction), r.method)].append(r.metrics[metric])
     return {k: (float(np.mean(v)), float(np.std(v)), len(v)) for k, v in groups.items()}
 
 
-def fractions_of(results: list[Result], task: str) -> list[float]:
-    return sorted({r.label_fraction for r in results if r.task == task})
+def fractions_of(results: list[Result], task: str, methods: list[str] | None = None) -> list[float]:
+    """The task's label fractions (:func:`fraction_key`), ascending; with ``methods``, only
+    those where one of them ran."""
+    return sorted(
+        {
+            fraction_key(r.label_fraction)
+            for r in results
+            if r.task == task and (methods is None or r.method in methods)
+        }
+    )
+
+
+def table_rows(results: list[Result], task: str, methods: list[str]) -> list[tuple[float, str]]:
+    """The ``(fraction, method)`` rows of the task's table of every metric: each pair that has
+    a result once, fractions ascending, methods in column order."""
+    ran = {(fraction_key(r.label_fraction), r.method) for r in results if r.task == task}
+    return [
+        (f, m)
+        for f in fractions_of(results, task, methods)
+        for m in dict.fromkeys(methods)
+        if (f, m) in ran
+    ]
 
 
 def headline_table(results: list[Result], task: str, columns: TaskColumns) -> str:
     """Fraction × method: mean ± std (n) of the task's headline metric."""
     metric = columns.headline
+    methods = list(dict.fromkeys(columns.methods))
     summary = summarize(results, metric)
     lines = [
-        "| label fraction | " + " | ".join(columns.methods) + " |",
-        "| ---: | " + " | ".join("---:" for _ in columns.methods) + " |",
+        "| label fraction | " + " | ".join(methods) + " |",
+        "| ---: | " + " | ".join("---:" for _ in methods) + " |",
     ]
-    for f in fractions_of(results, task):
+    for f in fractions_of(results, task, methods):
         cells = []
-        for m in columns.methods:
+        for m in methods:
             mean, std, n = summary.get((task, f, m), (math.nan, math.nan, 0))
             cells.append(f"{fmt(mean, metric)} ± {fmt(std, metric)} (n={n})" if n else "–")
         lines.append(f"| {f:g} | " + " | ".join(cells) + " |")
@@ -112,10 +161,8 @@ def metrics_table(results: list[Result], task: str, columns: TaskColumns) -> str
         "| label fraction | method | " + " | ".join(label(m) for m in columns.metrics) + " |",
         "| ---: | :--- | " + " | ".join("---:" for _ in columns.metrics) + " |",
     ]
-    for f in fractions_of(results, task):
-        for method in columns.methods:
-            if not any((task, f, method) in s for s in summaries.values()):
-                continue
+    for f, method in table_rows(results, task, columns.methods):
+        if any((task, f, method) in s for s in summaries.values()):
             cells = [
                 fmt(summaries[m][(task, f, method)][0], m)
                 if (task, f, method) in summaries[m]
@@ -141,10 +188,12 @@ def markdown_report(results: list[Result], tasks: Mapping[str, TaskColumns]) -> 
 
 
 def write_csv(results: list[Result], tasks: Mapping[str, TaskColumns], path: Path) -> None:
-    """One row a run, one column a metric (of any task: other tasks' columns stay empty)."""
+    """One row a run, one column a metric (of any task: other tasks' columns stay empty): each
+    task's test metrics, then their validation counterparts, then anything else recorded."""
     metrics = list(
         dict.fromkeys(
-            [m for c in tasks.values() for m in c.metrics] + [m for r in results for m in r.metrics]
+            [m for c in tasks.values() for m in (*c.metrics, *c.val_metrics)]
+            + [m for r in results for m in r.metrics]
         )
     )
     with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
@@ -179,11 +228,12 @@ def plot(results: list[Result], tasks: Mapping[str, TaskColumns], path: Path) ->
     colour = {m: f"C{i}" for i, m in enumerate(methods)}
     for ax, (task, columns) in zip(axes[0], tasks.items(), strict=True):
         metric = columns.headline
+        methods_here = list(dict.fromkeys(columns.methods))
         scale = 100 if is_rate(metric) else 1
         summary = summarize(results, metric)
         fractions = fractions_of(results, task)
         if len(fractions) > 1:
-            for m in columns.methods:
+            for m in methods_here:
                 points = [
                     (f, *summary[(task, f, m)][:2]) for f in fractions if (task, f, m) in summary
                 ]
@@ -205,7 +255,7 @@ def plot(results: list[Result], tasks: Mapping[str, TaskColumns], path: Path) ->
             bars = [
                 (m, *summary[(task, f, m)][:2])
                 for f in fractions
-                for m in columns.methods
+                for m in methods_here
                 if (task, f, m) in summary
             ]
             if bars:
@@ -227,21 +277,31 @@ def plot(results: list[Result], tasks: Mapping[str, TaskColumns], path: Path) ->
 
 
 def study_score(results: list[Result], tasks: Mapping[str, TaskColumns]) -> float:
-    """For sweepers: the first task's headline metric of the best pretrained method at its
-    smallest label fraction (NaN when no pretrained method ran)."""
+    """For sweepers: the validation counterpart of the first task's headline
+    (:attr:`TaskColumns.selection`, e.g. ``val/acc``), mean over seeds, of the pretrained method
+    best on it at the task's smallest label fraction; never a test metric, so a sweep does not
+    select on the test split. NaN when no pretrained method recorded it."""
     task, columns = next(iter(tasks.items()))
     fractions = fractions_of(results, task)
     if not fractions:
         return math.nan
-    summary = summarize(results, columns.headline)
+    metric = columns.selection
+    summary = summarize(results, metric)
     means = [
         summary[(task, fractions[0], m)][0]
         for m in PRETRAINED_METHODS
         if (task, fractions[0], m) in summary
     ]
     if not means:
+        log.warning(
+            "no pretrained method of task %s recorded %s at fraction %g: the score for "
+            "sweepers is NaN",
+            task,
+            metric,
+            fractions[0],
+        )
         return math.nan
-    return max(means) if higher_is_better(columns.headline) else min(means)
+    return max(means) if higher_is_better(metric) else min(means)
 
 
 def write_report(results: list[Result], out: Path, tasks: Mapping[str, TaskColumns]) -> float:
@@ -257,4 +317,13 @@ def write_report(results: list[Result], out: Path, tasks: Mapping[str, TaskColum
         writer.add_text("pipeline/results", report)
         writer.add_figure("pipeline/label_efficiency", fig)
     log.info("results:\n%s", report)
-    return study_score(results, tasks)
+    score = study_score(results, tasks)
+    first, columns = next(iter(tasks.items()))
+    log.info(
+        "score for sweepers (the value ptft-pipeline returns): %s of task %s's best pretrained "
+        "method at its smallest label fraction = %.4g",
+        columns.selection,
+        first,
+        score,
+    )
+    return score

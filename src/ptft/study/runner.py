@@ -9,6 +9,9 @@ A study started again in its own run directory (``hydra.run.dir=<that directory>
 same overrides) goes on where it stopped: ``study.json`` records the study's plan, and every
 stage writes ``result.json`` (atomically) into its directory when it finishes; a restart
 checks the plan, keeps every recorded result and runs only the rest (docs/pipeline.md).
+
+Every run's log line says how far the study is (``[23/84] … elapsed 12:01, ~6 min left``,
+:mod:`ptft.study.progress`); on a terminal one overall bar says it too, above the run's own.
 """
 
 from __future__ import annotations
@@ -16,8 +19,10 @@ from __future__ import annotations
 import json
 import logging
 import shlex
+import sys
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -34,7 +39,14 @@ from ptft.files import write_atomic
 from ptft.handoff import resolve_checkpoint
 from ptft.runs.build import build_datamodule, plain
 from ptft.runs.fit import train
-from ptft.study.report import PRETRAINED_METHODS, Result, TaskColumns, write_report
+from ptft.study.progress import OverallBar, StudyProgress
+from ptft.study.report import (
+    PRETRAINED_METHODS,
+    Result,
+    TaskColumns,
+    val_counterpart,
+    write_report,
+)
 
 log = logging.getLogger(__name__)
 
@@ -42,15 +54,22 @@ log = logging.getLogger(__name__)
 #: pretrained backbone (how each freezes, adapts or steps comes from the task's
 #: method_overrides, e.g. lora: [model.finetune=lora]) | svc: SVC on raw pixels (images only)
 METHODS = ("scratch", *PRETRAINED_METHODS, "svc")
-#: what the SVC baseline measures
+#: what the SVC baseline measures (on the test split, and on the validation split as val/…)
 SVC_METRICS = ("test/acc", "test/f1")
-#: fine-tuning runs inside the study write no checkpoints and draw no progress bars; they are
+#: fine-tuning runs inside the study write no checkpoints and no model summary; they are
 #: tested on their final weights (choosing by validation accuracy would use more labels)
 QUIET = [
     "callbacks=none",
     "trainer.enable_checkpointing=false",
-    "trainer.enable_progress_bar=false",
     "trainer.enable_model_summary=false",
+]
+#: a run's progress: none when the study's output is not a terminal (a log file, CI) …
+NO_BARS = ["trainer.enable_progress_bar=false"]
+#: … else Lightning's bars, below the study's overall bar and cleared when the run ends
+NESTED_BARS = [
+    "trainer.enable_progress_bar=true",
+    "+callbacks.run_progress._target_=ptft.callbacks.progress.NestedProgressBar",
+    "+callbacks.run_progress.process_position=1",
 ]
 #: the study's plan, written when it starts, read when it starts again in the same directory
 STUDY_FILE = "study.json"
@@ -102,13 +121,22 @@ def plan(cfg: DictConfig) -> Iterator[Run]:
                     yield Run(str(name), float(fraction), str(method), seed)
 
 
-def run_overrides(cfg: DictConfig, run: Run, ckpt: Path | None, stage_dir: Path) -> list[str]:
-    """The ``ptft-train`` overrides of one run: the task's, then the study's, then the method's."""
+def interactive() -> bool:
+    """Whether the study draws progress bars: only when its output is a terminal."""
+    return sys.stdout is not None and sys.stdout.isatty()
+
+
+def run_overrides(
+    cfg: DictConfig, run: Run, ckpt: Path | None, stage_dir: Path, bars: bool = False
+) -> list[str]:
+    """The ``ptft-train`` overrides of one run: the task's, then the study's, then the method's;
+    with ``bars``, the run draws Lightning's progress bars below the study's."""
     task = cfg.tasks[run.task]
     pretrained = run.method in PRETRAINED_METHODS and ckpt is not None
     return [
         *task.overrides,
         *QUIET,
+        *(NESTED_BARS if bars else NO_BARS),
         f"model.pretrained={quote_override(ckpt) if pretrained else 'null'}",
         f"data.label_fraction={run.fraction}",
         # the seed picks the labelled subset too (the digits config says so itself; text does not)
@@ -147,6 +175,17 @@ def check(cfg: DictConfig) -> None:
             raise ConfigError(
                 f"{key}: methods, metrics and label_fractions must each name at least one"
             )
+        for listed in ("methods", "label_fractions", "metrics"):
+            values = list(task[listed])
+            twice = sorted({str(v) for v in values if values.count(v) > 1})
+            if twice:
+                raise ConfigError(f"{key}.{listed}: {twice} appear more than once; list each once")
+        not_test = [m for m in task.metrics if not str(m).startswith("test/") or m == "test/"]
+        if not_test:
+            raise ConfigError(
+                f"{key}.metrics: {not_test} are not test metrics; list test/<name> metrics "
+                "(each run records their val/<name> counterparts too)"
+            )
         bad = [f for f in task.label_fractions if not 0.0 < f <= 1.0]
         if bad:
             raise ConfigError(f"{key}.label_fractions: {bad} are not in (0, 1]")
@@ -160,7 +199,8 @@ def check(cfg: DictConfig) -> None:
         for method in task.methods:
             run = Run(str(name), float(task.label_fractions[0]), str(method), 0)
             where = f"{key}.overrides + method_overrides.{method}"
-            run_cfg = compose_train(run_overrides(cfg, run, None, Path("unused")), where)
+            overrides = run_overrides(cfg, run, None, Path("unused"), bars=interactive())
+            run_cfg = compose_train(overrides, where)
             check_run(run_cfg, where)
             if method == "svc" and not is_image_data(run_cfg.data):
                 raise ConfigError(
@@ -312,31 +352,39 @@ def pretrain(cfg: DictConfig, out: Path) -> Path:
 
 
 def svc_scores(run_cfg: DictConfig, svc_kwargs: dict[str, Any]) -> dict[str, float]:
-    """Test accuracy and macro F1 of scikit-learn's SVC on raw pixels of the run's own
-    labelled subset (the data config of a fine-tuning run at the same fraction and seed)."""
+    """Accuracy and macro F1 of scikit-learn's SVC on raw pixels of the run's own labelled
+    subset (the data config of a fine-tuning run at the same fraction and seed), on the test
+    split (``test/…``) and on the validation split (``val/…``)."""
     from sklearn.metrics import f1_score
     from sklearn.svm import SVC
 
     datamodule = build_datamodule(plain(run_cfg.data), supervised=True)
     datamodule.setup("fit")
-    (x, y), (xt, yt) = datamodule.splits["train"], datamodule.splits["test"]
-    predicted = (
-        SVC(**svc_kwargs).fit(x.flatten(1).numpy(), y.numpy()).predict(xt.flatten(1).numpy())
-    )
-    return {
-        "test/acc": float(np.mean(predicted == yt.numpy())),
-        "test/f1": float(f1_score(yt.numpy(), predicted, average="macro")),
-    }
+    x, y = datamodule.splits["train"]
+    svc = SVC(**svc_kwargs).fit(x.flatten(1).numpy(), y.numpy())
+    scores = {}
+    for split, stage in (("test", "test"), ("val", "val")):
+        xs, ys = datamodule.splits[split]
+        predicted = svc.predict(xs.flatten(1).numpy())
+        scores[f"{stage}/acc"] = float(np.mean(predicted == ys.numpy()))
+        scores[f"{stage}/f1"] = float(f1_score(ys.numpy(), predicted, average="macro"))
+    return scores
 
 
-def run_one(cfg: DictConfig, run: Run, ckpt: Path | None, out: Path) -> dict[str, float]:
-    """Fine-tune (or fit the SVC) and return the task's metrics."""
+def run_one(
+    cfg: DictConfig, run: Run, ckpt: Path | None, out: Path, bars: bool = False
+) -> dict[str, float]:
+    """Fine-tune (or fit the SVC) and return the task's test metrics and, where the run logged
+    them, their validation counterparts (its last validation: the final weights when it
+    validates on its last step, as the shipped experiments do)."""
     task = cfg.tasks[run.task]
     stage_dir = run.directory(out)
-    run_cfg = compose_train(run_overrides(cfg, run, ckpt, stage_dir), f"tasks.{run.task}.overrides")
+    overrides = run_overrides(cfg, run, ckpt, stage_dir, bars)
+    run_cfg = compose_train(overrides, f"tasks.{run.task}.overrides")
+    wanted = [*task.metrics, *(val_counterpart(m) for m in task.metrics)]
     if run.method == "svc":
         scores = svc_scores(run_cfg, plain(cfg.svc))
-        return {m: scores[m] for m in task.metrics if m in scores}
+        return {m: scores[m] for m in wanted if m in scores}
     stage_dir.mkdir(parents=True, exist_ok=True)
     OmegaConf.save(run_cfg, stage_dir / "config.yaml", resolve=True)
     logged = train(run_cfg)
@@ -346,7 +394,14 @@ def run_one(cfg: DictConfig, run: Run, ckpt: Path | None, out: Path) -> dict[str
         raise ConfigError(
             f"tasks.{run.task}.metrics: {missing} were not logged by the run; it logs {tests}"
         )
-    return {m: logged[m] for m in task.metrics}
+    unvalidated = [m for m in wanted if m not in logged]
+    if unvalidated:
+        log.warning(
+            "%s logged no %s (did it validate?): its val columns stay empty",
+            stage_dir,
+            ", ".join(unvalidated),
+        )
+    return {m: logged[m] for m in wanted if m in logged}
 
 
 def recorded(cfg: DictConfig, run: Run, out: Path) -> Result | None:
@@ -372,8 +427,8 @@ def recorded(cfg: DictConfig, run: Run, out: Path) -> Result | None:
 
 def run_study(cfg: DictConfig, out: Path | None = None) -> float:
     """Run the whole study into ``out`` (the Hydra run directory by default), write its report,
-    and return :func:`ptft.study.report.study_score`. In a directory where the same study
-    started before, only the runs without a recorded result run."""
+    and return :func:`ptft.study.report.study_score` (a validation metric). In a directory
+    where the same study started before, only the runs without a recorded result run."""
     check(cfg)
     hydra = HydraConfig.get() if HydraConfig.initialized() else None
     if out is None:
@@ -385,35 +440,88 @@ def run_study(cfg: DictConfig, out: Path | None = None) -> float:
         finished = sum(r is not None for r in done.values())
         log.info("study restarted in %s: %d of %d runs had finished", out, finished, len(runs))
     todo = [r for r in runs if done.get(r) is None]
+    # the elapsed time counts from here: pretraining is part of the wait
+    progress = StudyProgress((run.task, run.method) for run in runs)
+    log.info("%d runs in the study, %d to run", len(runs), len(todo))
     ckpt = pretrain(cfg, out) if any(r.method in PRETRAINED_METHODS for r in todo) else None
     logging.getLogger("lightning.pytorch.utilities.rank_zero").setLevel(logging.WARNING)
 
-    results: list[Result] = []
-    for run in runs:
-        result = done.get(run)
-        if result is None:
-            set_aside(run.directory(out))
-            start = time.perf_counter()
-            metrics = run_one(cfg, run, ckpt, out)
-            result = Result(
-                run.task, run.fraction, run.method, run.seed, metrics, time.perf_counter() - start
-            )
-            write_atomic(
-                run.directory(out) / RESULT_FILE, json.dumps(asdict(result), indent=1) + "\n"
-            )
-        shown = ", ".join(f"{k} {v:.4g}" for k, v in result.metrics.items())
-        log.info(
-            "%s fraction %-5g %-12s seed %d: %s (%.1f s%s)",
-            run.task,
-            run.fraction,
-            run.method,
-            run.seed,
-            shown,
-            result.seconds,
-            ", earlier start" if run in done and done[run] is not None else "",
-        )
-        results.append(result)
+    bars = interactive()
+    results = run_all(cfg, runs, done, ckpt, out, progress, bars)
     tasks = {
         str(name): TaskColumns(list(t.methods), list(t.metrics)) for name, t in cfg.tasks.items()
     }
     return write_report(results, out, tasks)
+
+
+def run_all(
+    cfg: DictConfig,
+    runs: list[Run],
+    done: dict[Run, Result | None],
+    ckpt: Path | None,
+    out: Path,
+    progress: StudyProgress,
+    bars: bool,
+) -> list[Result]:
+    """Every run in plan order (a run recorded in ``done`` is kept, not run), each logged with
+    the study's progress; with ``bars``, one overall bar above the runs' own, log lines
+    printed above both."""
+    overall = OverallBar(progress, every=1.0) if bars else None
+    results: list[Result] = []
+    try:
+        with drawn_above_bars() if bars else nullcontext():
+            for run in runs:
+                result = done.get(run)
+                if result is None:
+                    progress.start_run((run.task, run.method))
+                    if overall is not None:
+                        overall.show(f"{run.task} {run.fraction:g} {run.method} seed {run.seed}")
+                    set_aside(run.directory(out))
+                    start = time.perf_counter()
+                    metrics = run_one(cfg, run, ckpt, out, bars)
+                    result = Result(
+                        run.task,
+                        run.fraction,
+                        run.method,
+                        run.seed,
+                        metrics,
+                        time.perf_counter() - start,
+                    )
+                    write_atomic(
+                        run.directory(out) / RESULT_FILE,
+                        json.dumps(asdict(result), indent=1) + "\n",
+                    )
+                progress.finished((run.task, run.method), result.seconds)
+                if overall is not None:
+                    overall.show("")
+                log.info("%s", run_line(run, result, progress, earlier=done.get(run) is not None))
+                results.append(result)
+    finally:
+        if overall is not None:
+            overall.close()
+    return results
+
+
+@contextmanager
+def drawn_above_bars() -> Iterator[None]:
+    """Log records, and warnings (Lightning's come as warnings), written above the progress
+    bars rather than through them, for the block."""
+    from tqdm.contrib.logging import logging_redirect_tqdm
+
+    logging.captureWarnings(True)
+    try:
+        with logging_redirect_tqdm():
+            yield
+    finally:
+        logging.captureWarnings(False)
+
+
+def run_line(run: Run, result: Result, progress: StudyProgress, earlier: bool) -> str:
+    """``[23/84] digits fraction 0.1   finetune     seed 0: test/acc 0.95, … (3.1 s); elapsed
+    12:01, ~6 min left``: a finished run's log line."""
+    shown = ", ".join(f"{k} {v:.4g}" for k, v in result.metrics.items())
+    when = ", earlier start" if earlier else ""
+    return (
+        f"{progress.count} {run.task} fraction {run.fraction:<5g} {run.method:<12} seed "
+        f"{run.seed}: {shown} ({result.seconds:.1f} s{when}); {progress.timing}"
+    )

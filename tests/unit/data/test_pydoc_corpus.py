@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import platform
+import re
 from collections import Counter
 from pathlib import Path
 from textwrap import dedent
@@ -237,7 +238,8 @@ def test_package_labels_are_the_k_most_frequent_eligible_packages(tmp_path):
         # three files (one per split), each with one module docstring and n - 1 function docstrings
         for module in ("__init__", "one", "two"):
             doc = doc_module(
-                f"{package}.", {f"f{j}": f"{package} {module} {j}." for j in range(n - 1)}
+                f"{package} {module}.",
+                {f"f{j}": f"{package} {module} {j}." for j in range(n - 1)},
             )
             write(root, f"{package}/{module}.py", doc)
     # the most frequent of all, but a single file: it can never be in every split
@@ -327,8 +329,111 @@ def test_bad_fractions_and_an_empty_root_raise_config_errors(tmp_path):
         pc.build_corpus(tmp_path / "cache", root=tmp_path / "empty")
 
 
-def test_real_stdlib_corpus_has_the_expected_size(tmp_path):
-    corpus = pc.build_corpus(tmp_path / "cache")
+def squeezed(text: str) -> str:
+    """Whitespace runs as one space (written apart from ``pc.normalized``, to check it)."""
+    return re.sub(r"\s+", " ", text).strip()
+
+
+def opening(text: str) -> str:
+    """The first blank-line-separated paragraph, squeezed."""
+    return squeezed(re.split(r"\n[ \t]*\n", text.strip())[0])
+
+
+def overlaps(texts: dict[str, set[str]]) -> dict[str, int]:
+    """How many texts of each held-out split an earlier split also has."""
+    return {
+        "val in train": len(texts["val"] & texts["train"]),
+        "test in train": len(texts["test"] & texts["train"]),
+        "test in val": len(texts["test"] & texts["val"]),
+    }
+
+
+NO_OVERLAP = {"val in train": 0, "test in train": 0, "test in val": 0}
+
+
+def held_out_overlaps(corpus: pc.PydocCorpus) -> dict[str, dict[str, int]]:
+    """Counted from the splits themselves: the corpus' texts (what pretraining reads), the
+    package task's texts, and the name task's prompts against the opening paragraph of every
+    docstring of the earlier splits."""
+    docs = {s: {squeezed(r.text) for r in corpus.splits[s]} for s in pc.SPLITS}
+    examples, _ = pc.package_task(corpus, k=2)
+    package = {s: {squeezed(t) for t, _ in examples[s]} for s in pc.SPLITS}
+    names = pc.name_task(corpus)
+    prompts = {s: {squeezed(p) for p, _ in names[s]} for s in pc.SPLITS}
+    openings = {s: {opening(r.text) for r in corpus.splits[s]} for s in pc.SPLITS}
+    return {
+        "corpus": overlaps(docs),
+        "package": overlaps(package),
+        "names": {
+            "val in train": len(prompts["val"] & openings["train"]),
+            "test in train": len(prompts["test"] & openings["train"]),
+            "test in val": len(prompts["test"] & openings["val"]),
+        },
+    }
+
+
+def test_drop_seen_keeps_what_no_earlier_split_has():
+    splits = {"train": ["a", "b", "b"], "val": ["b", "c", "d"], "test": ["a", "c", "e", "e"]}
+    kept, dropped = pc.drop_seen(splits, key=str)
+    assert kept == {"train": ["a", "b", "b"], "val": ["c", "d"], "test": ["e", "e"]}
+    assert dropped == {"train": 0, "val": 1, "test": 2}
+    # seen_by widens what an earlier split has (here: val shows "e" without holding it)
+    kept, _ = pc.drop_seen(splits, str, {"train": {"a", "b"}, "val": {"e"}, "test": set()})
+    assert kept["val"] == ["c", "d"] and kept["test"] == ["c"]
+
+
+def test_no_held_out_text_occurs_in_an_earlier_split(tmp_path):
+    root = tmp_path / "lib"
+    # the same docstring in every file, once wrapped otherwise, and one that only opens alike
+    sum_doc = ("Return the sum of two numbers.", "Return the   sum\n    of two numbers.")
+    for i in range(60):
+        source = doc_module(
+            f"Module number {i}.",
+            {
+                "copy": "Return a copy of the object.",
+                "add": sum_doc[i % 2],
+                f"open_{i}": f"Open the resource.\n\n    Variant {i}.\n    ",
+            },
+        )
+        write(root, f"pkg{i % 3}/mod{i}.py", source)
+    # the split by file alone, as it was before split_version 2
+    records, _ = pc.load_records(tmp_path / "by_file", root)
+    assignment = pc.assign_splits([r.path for r in records], 0, 0.2, 0.2)
+    before: dict[str, list[pc.DocRecord]] = {"train": [], "val": [], "test": []}
+    for r in records:
+        before[assignment[r.path]].append(r)
+    texts_before = {s: {squeezed(r.text) for r in before[s]} for s in pc.SPLITS}
+    assert overlaps(texts_before) == {"val in train": 2, "test in train": 2, "test in val": 2}
+
+    corpus = pc.build_corpus(tmp_path / "cache", root=root, val_fraction=0.2, test_fraction=0.2)
+    assert held_out_overlaps(corpus) == {
+        "corpus": NO_OVERLAP,
+        "package": NO_OVERLAP,
+        "names": NO_OVERLAP,
+    }
+    # only the repeated docstrings left val and test: two a file (copy, add)
+    for split in ("val", "test"):
+        assert len(corpus.splits[split]) == len(before[split]) - 2 * len(
+            {r.path for r in before[split]}
+        )
+        assert corpus.manifest["splits"][split]["dropped_seen"] == len(before[split]) - len(
+            corpus.splits[split]
+        )
+        # a docstring that opens like a training one but goes on otherwise stays in the corpus,
+        # but its opening is no name-task prompt there
+        assert any(r.text.startswith("Open the resource.") for r in corpus.splits[split])
+        assert [n for _, n in pc.name_task(corpus)[split]] == []
+    assert corpus.manifest["split_version"] == pc.SPLIT_VERSION
+    assert corpus.splits["train"] == before["train"]  # train keeps everything
+
+
+@pytest.fixture(scope="module")
+def stdlib_corpus(tmp_path_factory) -> pc.PydocCorpus:
+    return pc.build_corpus(tmp_path_factory.mktemp("stdlib") / "cache")
+
+
+def test_real_stdlib_corpus_has_the_expected_size(stdlib_corpus):
+    corpus = stdlib_corpus
     m = corpus.manifest
     # about 1.8 MB of docstrings on 3.11; allow for other versions
     assert 1_000_000 < m["num_chars"] < 3_500_000
@@ -337,3 +442,16 @@ def test_real_stdlib_corpus_has_the_expected_size(tmp_path):
     assert not any(part in pc.TEST_DIRS for r in records for part in r.path.split("/")[:-1])
     assert ("posixpath.py", "function", "abspath") in {(r.path, r.kind, r.name) for r in records}
     assert m["splits"]["val"]["files"] > 0 and m["splits"]["test"]["files"] > 0
+
+
+def test_real_stdlib_held_out_splits_share_no_text_with_training(stdlib_corpus):
+    # before split_version 2 (Python 3.11.7): 21 of 794 test docstrings and 11 of 444 test
+    # name prompts were training texts too
+    assert held_out_overlaps(stdlib_corpus) == {
+        "corpus": NO_OVERLAP,
+        "package": NO_OVERLAP,
+        "names": NO_OVERLAP,
+    }
+    m = stdlib_corpus.manifest["splits"]
+    assert m["train"]["dropped_seen"] == 0
+    assert m["val"]["dropped_seen"] > 0 and m["test"]["dropped_seen"] > 0

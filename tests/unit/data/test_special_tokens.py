@@ -489,11 +489,14 @@ def test_the_same_tokenizer_read_as_imported_gets_other_token_files(tmp_path, pt
 
 
 def fake_corpus() -> PydocCorpus:
-    """Two packages with docstrings (and functions with names) in every split."""
+    """Two packages with docstrings (and functions with names) in every split; val holds
+    ``TEXTS[:6]``, train and test their own texts (no split repeats another's, as in
+    ``build_corpus``)."""
     splits = {}
     for s, split in enumerate(("train", "val", "test")):
         records = []
-        for i, text in enumerate(TEXTS[:6]):
+        texts = TEXTS[:6] if split == "val" else [f"{split.title()}: {t}" for t in TEXTS[:6]]
+        for i, text in enumerate(texts):
             package = ("os", "json")[i % 2]
             name = ("abspath", "split", "join", "exists", "basename", "close")[i]
             records.append(DocRecord(f"{package}/m{s}.py", package, "function", name, text))
