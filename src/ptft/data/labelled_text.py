@@ -55,7 +55,6 @@ from ptft.data.pydoc_tasks import (
     framed_text,
 )
 from ptft.data.text import HeldOut, TokenizerPath
-from ptft.data.tokenizer import MIN_VOCAB_SIZE
 from ptft.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -236,26 +235,21 @@ class LabelledRowsDataModule(PaddedExamplesDataModule):
         with_labels: bool = True,
     ) -> None:
         check_arguments(LabelledRowsDataModule.__init__, "data", locals())
-        super().__init__()
-        if list(input_shape) != [max_length]:
-            raise ConfigError(
-                f"data.input_shape={list(input_shape)} must be [data.max_length]=[{max_length}]"
-            )
-        if vocab_size < MIN_VOCAB_SIZE:
-            raise ConfigError(
-                f"data.vocab_size={vocab_size} is too small; use data.vocab_size>={MIN_VOCAB_SIZE}"
-            )
-        if max_length < 4:
-            raise ConfigError(
-                f"data.max_length={max_length} cannot hold a framed text; use data.max_length>=4"
-            )
-        if val_fraction + test_fraction >= 1.0:
-            raise ConfigError(
-                f"data.val_fraction={val_fraction} + data.test_fraction={test_fraction} "
-                "leave no training rows; lower them"
-            )
-        self.cache_dir = Path(cache_dir).expanduser()
-        self.input_shape = (max_length,)
+        super().__init__(
+            cache_dir=cache_dir,
+            input_shape=input_shape,
+            vocab_size=vocab_size,
+            max_length=max_length,
+            tokenizer=tokenizer,
+            batch_size=batch_size,
+            eval_batch_size=eval_batch_size,
+            num_workers=num_workers,
+            split_seed=split_seed,
+            val_fraction=val_fraction,
+            test_fraction=test_fraction,
+            label_fraction=label_fraction,
+            subset_seed=subset_seed,
+        )
         self.source = {
             "files": files,
             "train_files": train_files,
@@ -266,16 +260,6 @@ class LabelledRowsDataModule(PaddedExamplesDataModule):
             "data_files": data_files,
             "split_map": dict(split_map) if split_map else None,
         }
-        self.vocab_size, self.max_length = vocab_size, max_length
-        self.tokenizer_file = tokenizer
-        self.batch_size, self.eval_batch_size = batch_size, eval_batch_size
-        self.num_workers = num_workers
-        self.split_seed, self.val_fraction, self.test_fraction = (
-            split_seed,
-            val_fraction,
-            test_fraction,
-        )
-        self.label_fraction, self.subset_seed = label_fraction, subset_seed
         #: examples cut to ``max_length`` in the last ``setup``, per split
         self.truncated: dict[str, int] = {}
 

@@ -200,8 +200,57 @@ class PaddedExamplesDataModule(SplitLoaders):
     #: pretraining checkpoint's), or None to train one on the training split
     tokenizer_file: str | None
 
-    def __init__(self) -> None:
+    def __init__(
+        self,
+        *,
+        cache_dir: str,
+        input_shape: Sequence[int],
+        vocab_size: int,
+        max_length: int,
+        tokenizer: str | None,
+        batch_size: int,
+        eval_batch_size: int,
+        num_workers: int,
+        split_seed: int,
+        val_fraction: float,
+        test_fraction: float,
+        label_fraction: float,
+        subset_seed: int,
+    ) -> None:
+        """The settings every such datamodule takes, checked together (a subclass checks each
+        value's bounds against its own signature first, ``check_arguments``)."""
         super().__init__()
+        if list(input_shape) != [max_length]:
+            raise ConfigError(
+                f"data.input_shape={list(input_shape)} must be [data.max_length]=[{max_length}]"
+            )
+        if vocab_size < MIN_VOCAB_SIZE:
+            raise ConfigError(
+                f"data.vocab_size={vocab_size} is too small; use data.vocab_size>={MIN_VOCAB_SIZE}"
+            )
+        if max_length < 4:
+            raise ConfigError(
+                f"data.max_length={max_length} cannot hold a framed text; use data.max_length>=4"
+            )
+        if not 0.0 < label_fraction <= 1.0:
+            raise ConfigError(f"data.label_fraction must be in (0, 1], got {label_fraction}")
+        if val_fraction + test_fraction >= 1.0:
+            raise ConfigError(
+                f"data.val_fraction={val_fraction} + data.test_fraction={test_fraction} "
+                "leave no training rows; lower them"
+            )
+        self.cache_dir = Path(cache_dir).expanduser()
+        self.input_shape = (max_length,)
+        self.vocab_size, self.max_length = vocab_size, max_length
+        self.tokenizer_file = tokenizer
+        self.batch_size, self.eval_batch_size = batch_size, eval_batch_size
+        self.num_workers = num_workers
+        self.split_seed, self.val_fraction, self.test_fraction = (
+            split_seed,
+            val_fraction,
+            test_fraction,
+        )
+        self.label_fraction, self.subset_seed = label_fraction, subset_seed
         self.tokenizer_path: Path | None = None
         #: the roles of the tokenizer's special tokens (ptft's until ``setup`` reads them)
         self.specials: SpecialTokens = PTFT_SPECIALS
@@ -261,36 +310,21 @@ class PydocLabelledDataModule(PaddedExamplesDataModule):
         with_labels: bool = True,
     ) -> None:
         check_arguments(PydocLabelledDataModule.__init__, "data", locals())
-        super().__init__()
-        if list(input_shape) != [max_length]:
-            raise ConfigError(
-                f"data.input_shape={list(input_shape)} must be [data.max_length]=[{max_length}]"
-            )
-        if vocab_size < MIN_VOCAB_SIZE:
-            raise ConfigError(
-                f"data.vocab_size={vocab_size} is too small; use data.vocab_size>={MIN_VOCAB_SIZE}"
-            )
-        if max_length < 4:
-            raise ConfigError(
-                f"data.max_length={max_length} cannot hold a framed text; use data.max_length>=4"
-            )
-        if not 0.0 < label_fraction <= 1.0:
-            raise ConfigError(f"data.label_fraction must be in (0, 1], got {label_fraction}")
-        self.cache_dir = Path(cache_dir)
-        self.input_shape = (max_length,)
-        self.vocab_size, self.max_length = vocab_size, max_length
-        self.tokenizer_file = tokenizer
-        self.batch_size, self.eval_batch_size, self.num_workers = (
-            batch_size,
-            eval_batch_size,
-            num_workers,
+        super().__init__(
+            cache_dir=cache_dir,
+            input_shape=input_shape,
+            vocab_size=vocab_size,
+            max_length=max_length,
+            tokenizer=tokenizer,
+            batch_size=batch_size,
+            eval_batch_size=eval_batch_size,
+            num_workers=num_workers,
+            split_seed=split_seed,
+            val_fraction=val_fraction,
+            test_fraction=test_fraction,
+            label_fraction=label_fraction,
+            subset_seed=subset_seed,
         )
-        self.split_seed, self.val_fraction, self.test_fraction = (
-            split_seed,
-            val_fraction,
-            test_fraction,
-        )
-        self.label_fraction, self.subset_seed = label_fraction, subset_seed
 
     def load_tokenizer(self, corpus: PydocCorpus) -> Tokenizer:
         # the tokenizer data=pydoc_text trains: on the whole training split of the corpus
