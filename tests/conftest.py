@@ -1,11 +1,21 @@
-"""Shared fixtures, the ``slow`` marker for everything under ``integration/``, and the config
-store and console settings every test session needs (as the entry points set them up)."""
+"""Shared fixtures, the ``slow`` marker for everything under ``integration/``, the config store
+and console settings every test session needs (as the entry points set them up), and one
+thread a worker under ``pytest -n 2`` (pytest-xdist)."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
+
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # pytest -n 2: one worker a core, so each (and every process it starts) computes on one
+    # thread instead of two workers oversubscribing the cores with two threads each
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    import torch
+
+    torch.set_num_threads(1)
 
 from ptft import config
 
