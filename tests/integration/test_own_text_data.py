@@ -1,5 +1,6 @@
 """Your own labelled text end to end: data=text_classification and data=text_pairs train from
-scratch and from a pretrained GPT (its backbone and tokenizer), ptft-eval reports per-class
+scratch (CSV, JSONL) and from a pretrained GPT, its backbone and tokenizer (Parquet, a local
+Hugging Face data set), ptft-eval reports per-class
 metrics by class name, the columns are plain config keys, and a bad file found in setup is one
 ConfigError line that leaves no run claiming success."""
 
@@ -56,7 +57,18 @@ def files(tmp_path_factory) -> dict[str, Path]:
     qa = [{"question": f"{i} plus one", "answer": str(i + 1)} for i in range(40)]
     (root / "qa.jsonl").write_text("".join(json.dumps(r) + "\n" for r in qa))
     (root / "val.csv").write_text("review,sentiment\ngood day,positive\nodd day,surprised\n")
-    return {"csv": root / "reviews.csv", "jsonl": root / "qa.jsonl", "bad_val": root / "val.csv"}
+    # the same rows as Parquet, and the pairs as a local Hugging Face data set (save_to_disk)
+    pd = pytest.importorskip("pandas")
+    datasets = pytest.importorskip("datasets")
+    pd.read_csv(root / "reviews.csv").to_parquet(root / "reviews.parquet")
+    datasets.Dataset.from_list(qa).save_to_disk(str(root / "qa_dataset"))
+    return {
+        "csv": root / "reviews.csv",
+        "parquet": root / "reviews.parquet",
+        "jsonl": root / "qa.jsonl",
+        "dataset": root / "qa_dataset",
+        "bad_val": root / "val.csv",
+    }
 
 
 @pytest.fixture(scope="module")
@@ -84,22 +96,23 @@ def begin(start: str, gpt: Path) -> list[str]:
     return [f"model.pretrained={gpt}"] if start == "pretrained" else ["data.vocab_size=300"]
 
 
-def classification(files: dict[str, Path], cache: Path) -> list[str]:
+def classification(files: dict[str, Path], cache: Path, source: str = "csv") -> list[str]:
     return [
         "model=sequence_classifier",
         "data=text_classification",
-        f"data.files={files['csv']}",
+        f"data.files={files[source]}",
         "data.text_column=review",
         "data.label_column=sentiment",
         f"data.cache_dir={cache}",
     ]
 
 
-def generation(files: dict[str, Path], cache: Path) -> list[str]:
+def generation(files: dict[str, Path], cache: Path, source: str = "jsonl") -> list[str]:
+    rows = f"data.path={files['dataset']}" if source == "dataset" else f"data.files={files[source]}"
     return [
         "model=sequence_generator",
         "data=text_pairs",
-        f"data.files={files['jsonl']}",
+        rows,
         "data.source_column=question",
         "data.target_column=answer",
         "data.template='Q: {source} A:'",
@@ -108,12 +121,11 @@ def generation(files: dict[str, Path], cache: Path) -> list[str]:
     ]
 
 
-@pytest.mark.parametrize("start", ["scratch", "pretrained"])
-def test_classifier_trains_and_eval_names_the_classes(files, gpt, tmp_path, start):
+@pytest.mark.parametrize("start, source", [("scratch", "csv"), ("pretrained", "parquet")])
+def test_classifier_trains_and_eval_names_the_classes(files, gpt, tmp_path, start, source):
     out = tmp_path / "run"
-    cfg = compose_train(
-        [*classification(files, tmp_path / "cache"), *TINY, *begin(start, gpt), *SHORT], out
-    )
+    rows = classification(files, tmp_path / "cache", source)
+    cfg = compose_train([*rows, *TINY, *begin(start, gpt), *SHORT], out)
     assert cfg.model.num_classes == 3  # counted from the file when the config resolves
     assert "${ptft.num_classes:}" in OmegaConf.to_yaml(cfg.data)  # as --cfg job shows it
     metrics = train(cfg)
@@ -140,12 +152,11 @@ def test_classifier_trains_and_eval_names_the_classes(files, gpt, tmp_path, star
     assert "p_negative" in header
 
 
-@pytest.mark.parametrize("start", ["scratch", "pretrained"])
-def test_generator_trains_on_pairs(files, gpt, tmp_path, start):
+@pytest.mark.parametrize("start, source", [("scratch", "jsonl"), ("pretrained", "dataset")])
+def test_generator_trains_on_pairs(files, gpt, tmp_path, start, source):
     out = tmp_path / "run"
-    cfg = compose_train(
-        [*generation(files, tmp_path / "cache"), *TINY, *begin(start, gpt), *SHORT], out
-    )
+    rows = generation(files, tmp_path / "cache", source)
+    cfg = compose_train([*rows, *TINY, *begin(start, gpt), *SHORT], out)
     metrics = train(cfg)
     assert {"val/ppl", "val/token_acc", "test/loss"} <= set(metrics)
     manifest = json.loads((out / "data_manifest.json").read_text())
