@@ -68,7 +68,8 @@ RUNS: dict[str, tuple[list[str], int]] = {
         ],
         50,
     ),
-    # gradual unfreezing: one more layer group trains each epoch (8 batches an epoch here)
+    # gradual unfreezing: a layer group more at steps 6, 11 and 16 (the step schedule: over
+    # the first half of the 32), mid-epoch (8 batches an epoch here)
     "gradual_unfreeze": (
         [
             "experiment=digits_classifier",

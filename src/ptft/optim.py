@@ -9,8 +9,10 @@ weight decay, and the linear learning-rate scaling rule.
 * Weight decay only on weights of two or more dimensions (linear and conv kernels, token
   embeddings); never on biases, norm scales and shifts, or learned position embeddings.
 * Gradual unfreezing (ULMFiT §3.3): the head trains from the start, and the backbone's
-  layer groups become trainable one per stage, from the top down (:func:`unfreeze_stage`,
-  :func:`unfreeze_top`; the fine-tuning task calls them when an epoch starts).
+  layer groups become trainable one per stage, from the top down: stages spread evenly over
+  the first part of the run's optimizer steps (:func:`unfreeze_count`), or a number of
+  epochs each (:func:`unfreeze_stage`); :func:`unfreeze_top` applies a stage (the
+  fine-tuning task calls it when a step or an epoch starts).
 * Linear scaling (Goyal et al. 2017 §2.1): ``lr = base_lr × global_batch / base_batch``,
   reached by a gradual warmup from ``base_lr`` (§2.2): :func:`scaled_lr` applies the rule to
   a fit, :func:`with_gradual_warmup` puts the warmup under the configured schedule.
@@ -150,12 +152,32 @@ def param_groups(
 
 # ---------------------------------------------------------------- gradual unfreezing
 # "We first unfreeze the last layer and fine-tune all unfrozen layers for one epoch. We then
-# unfreeze the next lower frozen layer group and repeat" (Howard & Ruder 2018, §3.3). The
-# stage is a function of the epoch alone, so a run resumed with ckpt_path= picks up where it
-# was; the frozen parameters are in the optimizer from the start (``param_groups(...,
-# include_frozen=True)``: without a gradient the optimizer skips them), so unfreezing needs
-# no new optimizer. A frozen group is kept in eval mode, so its batch-norm statistics stay
-# as pretrained (as in the linear probe).
+# unfreeze the next lower frozen layer group and repeat" (Howard & Ruder 2018, §3.3). ULMFiT's
+# last layer is the new head, so the head trains alone in the first stage. A stage of an
+# epoch ties the schedule to the data set's size: when an epoch is one step (a few labels)
+# everything is unfrozen after a handful of steps and the method is full fine-tuning, and
+# when an epoch is most of the run the lower groups never train. So by default the stages
+# divide the run's optimizer steps (:func:`unfreeze_count`); a stage per ``n`` epochs
+# (:func:`unfreeze_stage`) is the paper's form. Either stage is a function of the loop's
+# position alone (the optimizer step or the epoch, which a resume with ckpt_path= restores),
+# so a resumed run picks up where it was; the frozen parameters are in the optimizer from the
+# start (``param_groups(..., include_frozen=True)``: without a gradient the optimizer skips
+# them), so unfreezing needs no new optimizer. A frozen group is kept in eval mode, so its
+# batch-norm statistics stay as pretrained (as in the linear probe).
+def unfreeze_span(total_steps: int, fraction: float) -> int:
+    """The optimizer step from which every layer group trains: ``fraction`` of the run, at
+    least 1 and at most the last step (so that the bottom group trains at least once)."""
+    return max(1, min(total_steps - 1, round(fraction * total_steps)))
+
+
+def unfreeze_count(step: int, total_steps: int, num_groups: int, fraction: float) -> int:
+    """How many backbone layer groups train at optimizer step ``step`` (from 0) of
+    ``total_steps``: none at first (the head alone), then one more every
+    ``span / num_groups`` steps, all of them from step ``span`` (:func:`unfreeze_span`)."""
+    # integer arithmetic: the k-th group from the top starts at step ceil(k * span / num_groups)
+    return min(num_groups, step * num_groups // unfreeze_span(total_steps, fraction))
+
+
 def unfreeze_stage(epoch: int, epochs_per_stage: int) -> int:
     """How many backbone layer groups train in ``epoch`` (one more per ``epochs_per_stage``)."""
     return epoch // epochs_per_stage

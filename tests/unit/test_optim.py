@@ -3,6 +3,7 @@ unfreezing, and the linear scaling rule with its warmup, each against the rule w
 
 from __future__ import annotations
 
+import itertools
 import math
 from types import SimpleNamespace
 
@@ -14,7 +15,7 @@ from torch import nn
 from ptft.errors import ConfigError
 from ptft.modules.backbone_module import BackboneModule
 from ptft.nn.backbone import Backbone
-from ptft.optim import unfreeze_stage
+from ptft.optim import unfreeze_count, unfreeze_stage
 from ptft.runs.build import build_datamodule, build_model, plain
 from ptft.tasks.classifier import Classifier
 from tests.helpers import QUIET, compose_train
@@ -179,6 +180,7 @@ def test_gradual_unfreezing_one_group_per_epoch_from_the_top(tmp_path):
             *QUIET,
             "model.backbone.channels=[4,4,4]",
             "model.finetune=gradual_unfreeze",
+            "model.unfreeze_schedule=epochs",
             "data.batch_size=32",
         ],
         tmp_path,
@@ -221,6 +223,156 @@ def test_unfreeze_epochs_sets_the_stage_length():
     assert [unfreeze_stage(e, epochs_per_stage=2) for e in range(6)] == [0, 0, 1, 1, 2, 2]
     with pytest.raises(ConfigError, match="model.unfreeze_epochs=0"):
         classifier(finetune="gradual_unfreeze", unfreeze_epochs=0)
+
+
+def test_unfreeze_settings_are_checked():
+    for bad, match in [
+        ({"unfreeze_fraction": 0.0}, r"model.unfreeze_fraction=0.0: "),
+        ({"unfreeze_fraction": 1.5}, r"model.unfreeze_fraction=1.5: "),
+        ({"unfreeze_schedule": "batches"}, r"model.unfreeze_schedule='batches' is not one of"),
+    ]:
+        with pytest.raises(ConfigError, match=match):
+            classifier(finetune="gradual_unfreeze", **bad)
+    # an epoch count under the step schedule would be ignored: refused when the fit starts
+    # (not when the module is built: older checkpoints hold unfreeze_epochs=1 and must load)
+    model = classifier(finetune="gradual_unfreeze", unfreeze_epochs=2)
+    model.trainer = SimpleNamespace(world_size=1)  # what setup reads
+    with pytest.raises(ConfigError, match=r"model.unfreeze_epochs=2 sets the epoch schedule"):
+        model.setup("fit")
+    model = classifier(finetune="gradual_unfreeze", unfreeze_epochs=2, unfreeze_schedule="epochs")
+    model.trainer = SimpleNamespace(world_size=1)
+    model.setup("fit")
+
+
+@pytest.mark.parametrize(
+    ("groups", "total", "fraction", "starts"),
+    [
+        # the digits study: 3 CNN groups, 200 steps; a stage of 100 / 3 steps
+        (3, 200, 0.5, [34, 67, 100]),
+        # the text study at 100% labels: 6 transformer groups, 300 steps (epochs of ~100
+        # steps unfroze 3 of them in the epoch schedule)
+        (6, 300, 0.5, [25, 50, 75, 100, 125, 150]),
+        (2, 10, 0.25, [1, 2]),  # the last group at round(2.5) = 2 (to even): stages of 1 step
+        (4, 10, 1.0, [3, 5, 7, 9]),  # a fraction of 1: the last group trains for the last step
+        (3, 2, 0.5, [1, 1, 1]),  # fewer steps than groups: all at once, after one head step
+    ],
+)
+def test_unfreeze_count_spreads_the_groups_over_the_fraction(groups, total, fraction, starts):
+    # starts: the step at which the k-th group from the top starts training, worked out by
+    # hand as ceil(k × last / groups), last ≈ fraction × total
+    counts = [unfreeze_count(step, total, groups, fraction) for step in range(total)]
+    expected = [sum(step >= start for start in starts) for step in range(total)]
+    assert counts == expected
+    assert counts[0] == 0  # the head alone first
+    assert counts[-1] == groups  # every group trains before the run ends
+
+
+def test_unfreeze_count_properties_over_many_runs():
+    for groups in range(1, 8):
+        for total in range(2, 60):
+            for fraction in (0.05, 0.3, 0.5, 0.7, 1.0):
+                counts = [unfreeze_count(s, total, groups, fraction) for s in range(total)]
+                last = min(total - 1, max(1, math.ceil(fraction * total)))
+                assert counts[0] == 0 and counts[last:] == [groups] * (total - last)
+                assert all(a <= b for a, b in itertools.pairwise(counts))
+                # all of them at ≈ fraction × total (at most the last step)
+                assert abs(counts.index(groups) - min(fraction * total, total - 1)) <= 1
+                # evenly: the stages (steps between two group starts) differ by at most one
+                starts = [counts.index(k) for k in range(1, groups + 1) if k in counts]
+                if len(starts) == groups and starts[-1] >= groups:
+                    gaps = [b - a for a, b in itertools.pairwise([0, *starts])]
+                    assert max(gaps) - min(gaps) <= 1, (groups, total, fraction, counts)
+
+
+class StepRecorder(L.Callback):
+    """Before each backward (every batch, accumulated or not): the optimizer step, how many
+    layer groups train (from the top), and whether those that do are the top ones."""
+
+    def __init__(self):
+        self.steps, self.counts, self.modes = [], [], []
+
+    def on_before_backward(self, trainer, pl_module, loss):
+        groups = pl_module.backbone.layer_groups()
+        trainable = [any(p.requires_grad for p in g.parameters()) for g in groups]
+        count = sum(trainable)
+        assert trainable == [False] * (len(groups) - count) + [True] * count
+        self.steps.append(trainer.global_step)
+        self.counts.append(count)
+        self.modes.append([g.training for g in groups] == trainable)
+
+
+#: 1% of the digits' labels (14 images) in batches of 4, two batches a step (of the first
+#: two): an epoch is one step
+ONE_STEP_EPOCHS = [
+    "experiment=digits_classifier",
+    "logger=none",
+    *QUIET,
+    "model.backbone.channels=[4,4,4]",
+    "data.label_fraction=0.01",
+    "data.batch_size=4",
+]
+
+
+def fit_tiny(cfg, finetune, max_steps=8, ckpt_path=None, callbacks=()):
+    """Fit the digits classifier of ``cfg`` (seed 0) with ``finetune`` for ``max_steps`` steps;
+    the module, and what a StepRecorder saw."""
+    L.seed_everything(0, verbose=False)
+    model = build_model({**plain(cfg.model), "finetune": finetune})
+    recorder = StepRecorder()
+    trainer = L.Trainer(
+        max_steps=max_steps,
+        limit_train_batches=2,
+        accumulate_grad_batches=2,
+        limit_val_batches=0,
+        num_sanity_val_steps=0,
+        callbacks=[recorder, *callbacks],
+        logger=False,
+        enable_checkpointing=bool(callbacks),
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        accelerator="cpu",
+    )
+    datamodule = build_datamodule(plain(cfg.data), supervised=True)
+    trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
+    return model, recorder
+
+
+@pytest.fixture(scope="module")
+def tiny_runs(tmp_path_factory):
+    """A full and a gradual fine-tune of 8 one-step epochs; the gradual one checkpoints at 3."""
+    tmp = tmp_path_factory.mktemp("unfreeze")
+    cfg = compose_train(ONE_STEP_EPOCHS, tmp)
+    full, _ = fit_tiny(cfg, "full")
+    every5 = L.pytorch.callbacks.ModelCheckpoint(
+        dirpath=tmp / "ckpt", every_n_train_steps=3, save_top_k=-1, filename="{step}"
+    )
+    gradual, recorder = fit_tiny(cfg, "gradual_unfreeze", callbacks=[every5])
+    return cfg, full, gradual, recorder, tmp / "ckpt" / "step=3.ckpt"
+
+
+def test_gradual_unfreezing_in_steps_when_an_epoch_is_one_step(tiny_runs):
+    _, full, gradual, recorder, _ = tiny_runs
+    # two batches a step, one step an epoch; 8 steps, 3 groups, the last from step 4: the
+    # head alone for 2 steps, then the groups at steps ceil(4/3), ceil(8/3) and 4 (the epoch
+    # schedule would have unfrozen them at steps 1, 2 and 3)
+    assert recorder.steps == [s for s in range(8) for _ in range(2)]
+    assert recorder.counts[::2] == [0, 0, 1, 2, 3, 3, 3, 3]
+    assert recorder.counts[1::2] == recorder.counts[::2]  # constant over an accumulated step
+    assert all(recorder.modes)  # frozen groups in eval mode, trainable ones in train mode
+    assert all(p.requires_grad for p in gradual.backbone.parameters())  # all of it at the end
+    # methods that differ must differ: the same data, seed and steps, other final weights
+    pairs = zip(full.backbone.named_parameters(), gradual.backbone.parameters(), strict=True)
+    for (name, a), b in pairs:
+        assert not torch.equal(a, b), name
+
+
+def test_gradual_unfreezing_resumes_at_the_stage_of_its_step(tiny_runs):
+    cfg, _, _, uninterrupted, checkpoint = tiny_runs
+    _, resumed = fit_tiny(cfg, "gradual_unfreeze", ckpt_path=checkpoint)
+    # a new module starts frozen; from step 3 on it trains what the uninterrupted run did
+    assert resumed.steps == uninterrupted.steps[6:]
+    assert resumed.counts == uninterrupted.counts[6:]
+    assert all(resumed.modes)
 
 
 # --------------------------------------------------------------- linear scaling rule

@@ -2,16 +2,18 @@
 
 ``finetune="full"`` trains everything; ``finetune="linear_probe"`` freezes the backbone
 (weights and batch-norm statistics) and trains only the head; ``finetune="gradual_unfreeze"``
-(Howard & Ruder 2018) starts like the linear probe and unfreezes one backbone layer group
-per ``unfreeze_epochs`` epochs, from the top down, when an epoch starts
-(:func:`ptft.optim.unfreeze_top`); ``finetune="lora"`` (Hu et al. 2021) freezes the backbone
-and trains low-rank adapters in it (``lora``: :class:`ptft.interop.lora.LoRAConfig`) and the
-head.
+(Howard & Ruder 2018) starts like the linear probe and unfreezes the backbone's layer groups
+one at a time, from the top down, evenly over the first ``unfreeze_fraction`` of the run's
+optimizer steps (or, with ``unfreeze_schedule="epochs"``, one per ``unfreeze_epochs`` epochs;
+:func:`ptft.optim.unfreeze_count`, :func:`ptft.optim.unfreeze_top`); ``finetune="lora"``
+(Hu et al. 2021) freezes the backbone and trains low-rank adapters in it (``lora``:
+:class:`ptft.interop.lora.LoRAConfig`) and the head.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import typing
 from collections.abc import Mapping, Sequence
 from typing import Any, Literal
@@ -22,17 +24,32 @@ from torch import nn
 from torchmetrics import MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
 
-from ptft.config.bounds import PositiveFloat, PositiveInt, Probability, check_arguments
+from ptft.config.bounds import (
+    Fraction,
+    PositiveFloat,
+    PositiveInt,
+    Probability,
+    check_arguments,
+)
 from ptft.data.augment import Augment, AugmentConfig
 from ptft.errors import ConfigError
 from ptft.interop.lora import LoRAConfig
 from ptft.modules.backbone_module import BackboneModule
-from ptft.optim import LRScalingConfig, frozen_groups, layer_groups_of, unfreeze_stage, unfreeze_top
+from ptft.optim import (
+    LRScalingConfig,
+    frozen_groups,
+    layer_groups_of,
+    unfreeze_count,
+    unfreeze_stage,
+    unfreeze_top,
+)
 
 log = logging.getLogger(__name__)
 
 FinetuneMode = Literal["full", "linear_probe", "gradual_unfreeze", "lora"]
 FINETUNE_MODES: tuple[str, ...] = typing.get_args(FinetuneMode)
+UnfreezeSchedule = Literal["steps", "epochs"]
+UNFREEZE_SCHEDULES: tuple[str, ...] = typing.get_args(UnfreezeSchedule)
 
 
 class Classifier(BackboneModule):
@@ -51,23 +68,33 @@ class Classifier(BackboneModule):
         augment: AugmentConfig | None = None,
         head_dropout: Probability = 0.0,
         label_smoothing: Probability = 0.0,
-        unfreeze_epochs: PositiveInt = 1,
+        unfreeze_epochs: PositiveInt | None = None,
         discriminative_lr: PositiveFloat | None = None,
         lr_scaling: LRScalingConfig | None = None,
         lora: LoRAConfig | None = None,
+        unfreeze_schedule: UnfreezeSchedule = "steps",
+        # half the run: the lower groups still train for many steps (the bottom one for the
+        # second half), and the new head and the top of the backbone get the first half, when
+        # the rate is near its peak, before the pretrained features below them move
+        unfreeze_fraction: Fraction = 0.5,
     ) -> None:
         if finetune not in FINETUNE_MODES:
             raise ConfigError(f"model.finetune='{finetune}' is not one of {list(FINETUNE_MODES)}")
-        if unfreeze_epochs < 1:
+        if unfreeze_schedule not in UNFREEZE_SCHEDULES:
             raise ConfigError(
-                f"model.unfreeze_epochs={unfreeze_epochs}: give at least 1 epoch per stage"
+                f"model.unfreeze_schedule='{unfreeze_schedule}' is not one of "
+                f"{list(UNFREEZE_SCHEDULES)}"
             )
         check_arguments(Classifier.__init__, "model", locals())
         super().__init__(backbone, input_shape, optimizer, scheduler)
         self.save_hyperparameters()
         self.configure_lr(discriminative_lr, lr_scaling)
         self.finetune = finetune
+        self.unfreeze_schedule = unfreeze_schedule
+        self.unfreeze_fraction = unfreeze_fraction
         self.unfreeze_epochs = unfreeze_epochs
+        self._unfreeze_total_steps = 0  # the run's optimizer steps, known when a fit starts
+        self._unfrozen: int | None = None  # how many layer groups the last stage unfroze
         self.label_smoothing = label_smoothing
         self.head = nn.Sequential(
             nn.Dropout(head_dropout), nn.Linear(self.backbone.out_dim, num_classes)
@@ -103,35 +130,73 @@ class Classifier(BackboneModule):
         return self.finetune == "linear_probe"
 
     def setup(self, stage: str) -> None:
+        if self.finetune != "gradual_unfreeze" or stage != "fit":
+            return
         # DDP only synchronises the parameters that are trainable when it wraps the model:
         # groups unfrozen later would drift apart on every device without an error
-        if self.finetune == "gradual_unfreeze" and stage == "fit" and self.trainer.world_size > 1:
+        if self.trainer.world_size > 1:
             raise ConfigError(
                 "model.finetune=gradual_unfreeze trains on one device (DDP does not synchronise "
                 "parameters unfrozen during the run); set trainer.devices=1 and trainer.num_nodes=1"
             )
+        # checked when a fit starts, not in __init__: the checkpoints of runs from before the
+        # step schedule hold unfreeze_epochs=1 and no schedule, and must still load for ptft-eval
+        if self.unfreeze_schedule == "steps" and self.unfreeze_epochs is not None:
+            raise ConfigError(
+                f"model.unfreeze_epochs={self.unfreeze_epochs} sets the epoch schedule: add "
+                "model.unfreeze_schedule=epochs, or give model.unfreeze_fraction instead"
+            )
 
     def on_train_start(self) -> None:
         super().on_train_start()
-        # a run resumed mid-epoch (ckpt_path=) does not start that epoch again: its layer groups
-        # are unfrozen here as well
-        self.on_train_epoch_start()
-
-    def on_train_epoch_start(self) -> None:
-        # gradual unfreezing: at the start of epoch e the top e // unfreeze_epochs groups train
         if self.finetune != "gradual_unfreeze":
             return
+        if self.unfreeze_schedule == "steps":
+            total = self.trainer.estimated_stepping_batches
+            if math.isinf(total) or total < 1:
+                raise ConfigError(
+                    "model.unfreeze_schedule=steps needs a run of known length: set "
+                    "trainer.max_steps, or give data of known length with trainer.max_epochs"
+                )
+            self._unfreeze_total_steps = int(total)
+        # a new fit, or one resumed mid-epoch (ckpt_path=), which does not start that epoch
+        # again: its stage is applied here, whatever state the module was left in
+        self._unfrozen = None
+        self._unfreeze()
+
+    def on_train_epoch_start(self) -> None:
+        if self.finetune == "gradual_unfreeze":
+            self._unfreeze()
+
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        # global_step counts optimizer steps: it is the same for every batch a step accumulates
+        if self.finetune == "gradual_unfreeze":
+            self._unfreeze()
+
+    def _unfreeze(self) -> None:
+        """Gradual unfreezing: train the top layer groups the schedule gives for where the loop
+        is (the optimizer step, or the epoch), and freeze the rest."""
         groups = self.backbone.layer_groups()
-        epoch = self.trainer.current_epoch
-        count = min(unfreeze_stage(epoch, self.unfreeze_epochs), len(groups))
-        if self.trainer.is_global_zero and len(frozen_groups(groups)) != len(groups) - count:
+        if self.unfreeze_schedule == "steps":
+            where, position = "step", self.trainer.global_step
+            count = unfreeze_count(
+                position, self._unfreeze_total_steps, len(groups), self.unfreeze_fraction
+            )
+        else:
+            where, position = "epoch", self.trainer.current_epoch
+            count = min(unfreeze_stage(position, self.unfreeze_epochs or 1), len(groups))
+        if count == self._unfrozen:
+            return
+        if self.trainer.is_global_zero:
             log.info(
-                "gradual unfreezing: epoch %d trains the head and the top %d of %d layer groups",
-                epoch,
+                "gradual unfreezing: %s %d trains the head and the top %d of %d layer groups",
+                where,
+                position,
                 count,
                 len(groups),
             )
         unfreeze_top(groups, count, self.training)
+        self._unfrozen = count
 
     def train(self, mode: bool = True) -> Classifier:
         super().train(mode)

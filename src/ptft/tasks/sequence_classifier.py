@@ -12,13 +12,19 @@ from typing import Any, Literal
 
 import torch
 
-from ptft.config.bounds import PositiveFloat, PositiveInt, Probability, check_arguments
+from ptft.config.bounds import (
+    Fraction,
+    PositiveFloat,
+    PositiveInt,
+    Probability,
+    check_arguments,
+)
 from ptft.data.tokenizer import specials_of
 from ptft.errors import ConfigError
 from ptft.interop.lora import LoRAConfig
 from ptft.nn.pooling import pool, resolve_pooling
 from ptft.optim import LRScalingConfig
-from ptft.tasks.classifier import Classifier, FinetuneMode
+from ptft.tasks.classifier import Classifier, FinetuneMode, UnfreezeSchedule
 
 
 class SequenceClassifier(Classifier):
@@ -35,10 +41,12 @@ class SequenceClassifier(Classifier):
         pooling: Literal["auto", "first", "last", "mean"] = "auto",
         head_dropout: Probability = 0.1,
         label_smoothing: Probability = 0.0,
-        unfreeze_epochs: PositiveInt = 1,
+        unfreeze_epochs: PositiveInt | None = None,
         discriminative_lr: PositiveFloat | None = None,
         lr_scaling: LRScalingConfig | None = None,
         lora: LoRAConfig | None = None,
+        unfreeze_schedule: UnfreezeSchedule = "steps",
+        unfreeze_fraction: Fraction = 0.5,
     ) -> None:
         check_arguments(SequenceClassifier.__init__, "model", locals())
         super().__init__(
@@ -55,6 +63,8 @@ class SequenceClassifier(Classifier):
             discriminative_lr=discriminative_lr,
             lr_scaling=lr_scaling,
             lora=lora,
+            unfreeze_schedule=unfreeze_schedule,
+            unfreeze_fraction=unfreeze_fraction,
         )
         # the image classifier's augment is none of this class's arguments: ptft-eval rebuilds
         # the module from these hyper-parameters
