@@ -1,14 +1,16 @@
 """``ptft-pipeline``: the label-efficiency study, pretrain → fine-tune, in one process.
 
 A study (the ``pipeline`` group: ``conf/pipeline/vision.yaml``, the default, and
-``text.yaml``) pretrains once, then runs every task under ``tasks.<name>`` with its own
-methods, label fractions, seeds and metrics:
+``text.yaml``) pretrains once per arm (``pretrain.arms.<name>``: an objective), then runs
+every task under ``tasks.<name>`` with its own methods, label fractions, seeds and metrics,
+each pretrained method from each arm:
 
-    ptft-pipeline                                  # SimCLR on digits, 4 fractions x 4 methods
+    ptft-pipeline                                  # SimCLR and an autoencoder on digits
     ptft-pipeline tasks.digits.label_fractions=[0.1] tasks.digits.seeds=1    # a quick look
-    ptft-pipeline pretrained=outputs/pipeline/runs/<ts>/pretrain   # reuse a pretraining run
-    ptft-pipeline pipeline=text                    # a GPT on docstrings; package and name tasks
-    ptft-pipeline pipeline=text 'pretrain.overrides=["experiment=pydoc_gpt","trainer.max_epochs=1"]'
+    ptft-pipeline pretrain.arms.simclr.pretrained=outputs/pipeline/runs/<ts>/pretrain/simclr
+    ptft-pipeline pipeline=text                    # a GPT and a BERT on docstrings; two tasks
+    ptft-pipeline pipeline=text '~pretrain.arms.bert'   # the GPT alone
+    ptft-pipeline pretrain.arms=null 'pretrain.overrides=["experiment=digits_simclr"]'   # one arm
 
 Overrides inside a list hold ``=``, so they are quoted. A key a task lacks takes ``+``
 (``+tasks.names.method_overrides.scratch=[…]``).

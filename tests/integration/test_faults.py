@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import json
 import logging
+import shutil
 from dataclasses import asdict
 from pathlib import Path
 
@@ -29,6 +30,8 @@ STUDY = [
     "tasks.digits.label_fractions=[0.1]",
     "tasks.digits.seeds=1",
     "tasks.digits.methods=[scratch,linear_probe]",
+    # the one-arm form: pretrain/ and finetune/<task>/fraction_<f>/<method>/ as before arms
+    "pretrain.arms=null",
     'pretrain.overrides=["experiment=digits_simclr","trainer.max_steps=2",'
     '"trainer.limit_val_batches=0","test=false","logger=none",'
     '"callbacks.rich_progress_bar=null","callbacks.rich_model_summary=null",'
@@ -145,6 +148,94 @@ def test_the_command_line_refuses_another_study_before_hydra_writes(tmp_path, mo
     assert sorted(p.name for p in (tmp_path / "run").iterdir()) == [runner.STUDY_FILE]
     # the same study passes the check
     assert run_config_error("pipeline", [*STUDY, "hydra.run.dir=run"], check) is None
+
+
+#: the vision study's two arms, four runs: scratch, the linear probe from each arm, and
+#: finetune from simclr only
+ARMS_STUDY = [
+    "tasks.digits.label_fractions=[0.1]",
+    "tasks.digits.seeds=1",
+    "tasks.digits.methods=[scratch,linear_probe,finetune]",
+    "pretrain.arms.autoencoder.methods=[linear_probe]",
+]
+
+
+def test_a_study_with_arms_started_again_matches_runs_by_arm(tmp_path, monkeypatch):
+    """Restarts of a two-arm study, with ``train`` replaced by a stand-in that writes a
+    checkpoint for a pretraining and returns made-up metrics for a fine-tuning run, recording
+    which checkpoint each run started from."""
+    out = tmp_path / "run"
+    calls: list[str] = []
+    started_from: dict[str, str | None] = {}
+
+    def stand_in(cfg):
+        stage = Path(cfg.paths.output_dir)
+        name = stage.relative_to(out).as_posix()
+        calls.append(name)
+        if len(calls) == fail_at:
+            raise Killed
+        if name.startswith("pretrain/"):
+            (stage / "checkpoints").mkdir(parents=True)
+            (stage / "checkpoints" / "last.ckpt").write_text(name)
+            return {}
+        started_from[name] = cfg.model.pretrained
+        return {"test/acc": 0.5, "test/f1": 0.4, "val/acc": 0.6, "val/f1": 0.5}
+
+    def start(fail: int | None = None) -> list[str]:
+        nonlocal fail_at
+        fail_at = fail
+        calls.clear()
+        GlobalHydra.instance().clear()
+        with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
+            cfg = compose("pipeline", overrides=ARMS_STUDY)
+            try:
+                runner.run_study(cfg, out)
+            except Killed:
+                assert fail is not None
+        return list(calls)
+
+    fail_at: int | None = None
+    monkeypatch.setattr(runner, "train", stand_in)
+    config.register()
+    runs = "finetune/digits/fraction_0.1"
+    scratch, probe, ae_probe, tuned = (
+        f"{runs}/scratch/seed_0",
+        f"{runs}/simclr-linear_probe/seed_0",
+        f"{runs}/autoencoder-linear_probe/seed_0",
+        f"{runs}/simclr-finetune/seed_0",
+    )
+    # killed at the last run: each arm pretrained once, into its own directory, first
+    assert start(fail=6) == [
+        "pretrain/simclr",
+        "pretrain/autoencoder",
+        scratch,
+        probe,
+        ae_probe,
+        tuned,
+    ]
+    # the autoencoder's pretraining is gone, but none of the runs left needs it: not run again
+    shutil.rmtree(out / "pretrain" / "autoencoder")
+    assert start() == [tuned]
+    simclr = str(out / "pretrain" / "simclr" / "checkpoints" / "last.ckpt")
+    autoencoder = str(out / "pretrain" / "autoencoder" / "checkpoints" / "last.ckpt")
+    assert started_from == {
+        scratch: None,
+        probe: simclr,
+        ae_probe: autoencoder,
+        tuned: simclr,
+    }
+    assert [(r["pretrain"], r["method"]) for r in rows(out)] == [
+        ("", "scratch"),
+        ("simclr", "linear_probe"),
+        ("autoencoder", "linear_probe"),
+        ("simclr", "finetune"),
+    ]
+    # a recorded result is matched by its arm too: one that says another arm runs again (and
+    # its arm, whose pretraining is gone, pretrains again)
+    record = json.loads((out / ae_probe / runner.RESULT_FILE).read_text())
+    assert record["arm"] == "autoencoder"
+    (out / ae_probe / runner.RESULT_FILE).write_text(json.dumps({**record, "arm": "simclr"}))
+    assert start() == ["pretrain/autoencoder", ae_probe]
 
 
 # --------------------------------------------------------------------- sweeps

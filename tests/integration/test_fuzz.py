@@ -57,7 +57,14 @@ BASES: dict[str, list[list[str]]] = {
     "train": [[], ["experiment=digits_classifier"], ["experiment=pydoc_gpt"]],
     "eval": [[f"ckpt_path={CKPT}", "data=digits", "logger=csv"]],
     "generate": [[f"ckpt_path={CKPT}", "prompt=x"]],
-    "pipeline": [["tasks.digits.methods=[scratch,finetune]", "tasks.digits.label_fractions=[0.1]"]],
+    # the one-arm form: a draw for pretrain.overrides replaces its one pretraining run
+    "pipeline": [
+        [
+            "tasks.digits.methods=[scratch,finetune]",
+            "tasks.digits.label_fractions=[0.1]",
+            "pretrain.arms=null",
+        ]
+    ],
 }
 #: the config groups each entry point is fuzzed in ("" is its own top-level settings); the
 #: pipeline's ``pretrain.overrides`` takes a ``ptft-train`` draw inside its list

@@ -77,6 +77,35 @@ def test_full_finetune_changes_the_backbone(simclr_run, tmp_path):
     )
 
 
+def test_the_autoencoders_encoder_hands_off_to_the_classifier(tmp_path, caplog):
+    """The vision study's autoencoder arm: the classifier takes its encoder (the backbone),
+    weights and architecture, and leaves its decoder."""
+    pretrain_dir = tmp_path / "autoencoder"
+    train(
+        compose_train(
+            [
+                "experiment=digits_autoencoder",
+                "trainer.max_steps=2",
+                "trainer.limit_val_batches=0",
+                "test=false",
+                "logger=none",
+                *QUIET,
+            ],
+            pretrain_dir,
+        )
+    )
+    ckpt = torch.load(pretrain_dir / "checkpoints" / "last.ckpt", weights_only=True)
+    decoder = [k for k in ckpt["state_dict"] if k.startswith("decoder.")]
+    assert decoder  # the autoencoder has one; the classifier must not take it
+    cfg = classifier_cfg(tmp_path / "finetune", f"model.pretrained={pretrain_dir}")
+    with caplog.at_level("INFO", logger="ptft.handoff"):
+        model = build_model(plain(cfg.model))
+    assert model.backbone_config == ckpt["ptft_backbone"]["config"]
+    for name, tensor in model.backbone.state_dict().items():
+        torch.testing.assert_close(tensor, ckpt["state_dict"][f"backbone.{name}"], rtol=0, atol=0)
+    assert f"skipped from the checkpoint: {len(decoder)} tensors (decoder)" in caplog.text
+
+
 def test_missing_path(tmp_path):
     cfg = classifier_cfg(tmp_path, f"model.pretrained={tmp_path / 'nope.ckpt'}")
     with pytest.raises(ConfigError, match="nope.ckpt: no such file or directory"):

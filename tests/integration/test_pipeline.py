@@ -1,5 +1,6 @@
-"""ptft-pipeline: the vision and text studies end to end on a tiny budget, the checks made
-before pretraining, and the report's numbers against an independent computation."""
+"""ptft-pipeline: the vision study (its one-arm form) and the text study (two pretraining
+arms) end to end on a tiny budget, the checks made before pretraining, and the report's
+numbers against an independent computation."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 import yaml
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
@@ -53,6 +55,8 @@ def pipeline_run(tmp_path_factory):
             "tasks.digits.seeds=1",
             "tasks.digits.small_fraction=0.05",
             "tasks.digits.small_fraction_seeds=2",
+            # the one-arm form, as before arms: pretrain/, finetune/…/<method>/, no arm in labels
+            "pretrain.arms=null",
             "pretrain.overrides="
             + hydra_list(
                 [
@@ -83,6 +87,7 @@ def test_results_csv_has_one_row_per_fraction_method_and_seed(pipeline_run):
     assert list(rows[0]) == [
         "task",
         "label_fraction",
+        "pretrain",
         "method",
         "seed",
         "test/acc",
@@ -109,6 +114,7 @@ def test_results_csv_has_one_row_per_fraction_method_and_seed(pipeline_run):
     assert keys == expected
     # every run validated on its last step: its validation metrics are recorded beside the test's
     assert all(0.0 <= float(r[m]) <= 1.0 for r in rows for m in ("test/acc", "val/acc", "val/f1"))
+    assert {r["pretrain"] for r in rows} == {""}  # the one unnamed arm
 
 
 def test_the_log_counts_every_run_and_says_the_time_left(pipeline_run):
@@ -164,18 +170,29 @@ def test_markdown_table_plot_and_tensorboard(pipeline_run):
 
 
 # --------------------------------------------------------------------- text study
+#: task → its (arm, method) columns and label fractions: package from both arms (bert runs
+#: only linear_probe and finetune here, to keep the fixture's time), names from gpt only
 TEXT_TASKS = {
     "package": (
-        ["scratch", "linear_probe", "finetune", "gradual_unfreeze", "discriminative_lr"],
-        [0.1, 0.3, 1.0],
+        [
+            ("", "scratch"),
+            ("gpt", "linear_probe"),
+            ("bert", "linear_probe"),
+            ("gpt", "finetune"),
+            ("bert", "finetune"),
+            ("gpt", "gradual_unfreeze"),
+            ("gpt", "discriminative_lr"),
+        ],
+        [0.1, 1.0],
     ),
-    "names": (["scratch", "finetune"], [1.0]),
+    "names": ([("", "scratch"), ("gpt", "finetune")], [1.0]),
 }
 
 
 @pytest.fixture(scope="module")
 def text_run(tmp_path_factory):
-    """``pipeline=text`` with a tiny GPT, a 512-token vocabulary and a few steps per run."""
+    """``pipeline=text`` with two tiny arms (a GPT and a BERT), a 512-token vocabulary and a
+    few steps per run."""
     cwd = tmp_path_factory.mktemp("pipeline_text")
     tiny = [
         f"data.cache_dir={cwd / 'pydoc'}",
@@ -196,16 +213,21 @@ def text_run(tmp_path_factory):
         [
             "ptft.pipeline",
             "pipeline=text",
-            "pretrain.overrides="
-            + hydra_list(
-                [
-                    "experiment=pydoc_gpt",
-                    *tiny,
-                    "data.block_size=32",
-                    "trainer.max_epochs=1",
-                    *QUIET_PRETRAIN,
-                ]
+            *(
+                f"pretrain.arms.{arm}.overrides="
+                + hydra_list(
+                    [
+                        f"experiment=pydoc_{arm}",
+                        *tiny,
+                        "data.block_size=32",
+                        "trainer.max_epochs=1",
+                        *QUIET_PRETRAIN,
+                    ]
+                )
+                for arm in ("gpt", "bert")
             ),
+            "pretrain.arms.bert.methods=[linear_probe,finetune]",
+            "tasks.package.label_fractions=[0.1,1.0]",
             "tasks.package.overrides="
             + hydra_list(["experiment=pydoc_package_classifier", *tiny, "data.max_length=32"]),
             "tasks.names.overrides="
@@ -226,18 +248,21 @@ def text_run(tmp_path_factory):
     return cwd / "run"
 
 
-def test_text_study_runs_every_task_fraction_method_and_seed(text_run):
+def test_text_study_runs_every_task_fraction_arm_method_and_seed(text_run):
     rows = csv_rows(text_run)
+    assert list(rows[0])[:5] == ["task", "label_fraction", "pretrain", "method", "seed"]
     keys = sorted(
-        (r["task"], float(r["label_fraction"]), r["method"], int(r["seed"])) for r in rows
+        (r["task"], float(r["label_fraction"]), r["pretrain"], r["method"], int(r["seed"]))
+        for r in rows
     )
     expected = sorted(
-        (t, f, m, 0)
-        for t, (methods, fractions) in TEXT_TASKS.items()
+        (t, f, arm, m, 0)
+        for t, (columns, fractions) in TEXT_TASKS.items()
         for f in fractions
-        for m in methods
+        for arm, m in columns
     )
     assert keys == expected
+    assert {r["pretrain"] for r in rows} == {"", "gpt", "bert"}
     for r in rows:
         if r["task"] == "package":
             for stage in ("test", "val"):
@@ -255,29 +280,48 @@ def test_text_study_runs_every_task_fraction_method_and_seed(text_run):
 
 
 def test_text_fine_tunes_start_from_the_pretraining_checkpoint(text_run):
-    ckpt = text_run / "pretrain" / "checkpoints" / "last.ckpt"
-    assert ckpt.is_file()
-    tokenizer = json.loads((text_run / "pretrain" / "tokenizer.json").read_text())
-    for task, method in [
-        ("names", "finetune"),
-        ("package", "linear_probe"),
-        ("package", "finetune"),
+    """Each arm's runs start from that arm's checkpoint, with its tokenizer."""
+    ckpts, tokenizers = {}, {}
+    for arm in ("gpt", "bert"):
+        ckpts[arm] = text_run / "pretrain" / arm / "checkpoints" / "last.ckpt"
+        assert ckpts[arm].is_file()
+        tokenizers[arm] = json.loads((text_run / "pretrain" / arm / "tokenizer.json").read_text())
+        saved = yaml.safe_load((text_run / "pretrain" / arm / "config.yaml").read_text())
+        assert saved["task_name"] == f"pydoc_{arm}"  # each arm pretrained its own objective
+    # the checkpoints differ as their objectives do: a causal backbone, a bidirectional one
+    # (the two tokenizers are the same: the same corpus and vocabulary size)
+    causal = {
+        arm: torch.load(ckpt, weights_only=True)["ptft_backbone"]["config"]["causal"]
+        for arm, ckpt in ckpts.items()
+    }
+    assert causal == {"gpt": True, "bert": False}
+    for task, arm, method in [
+        ("names", "gpt", "finetune"),
+        ("package", "gpt", "linear_probe"),
+        ("package", "gpt", "finetune"),
+        ("package", "bert", "linear_probe"),
+        ("package", "bert", "finetune"),
     ]:
         fraction = TEXT_TASKS[task][1][-1]
-        run = text_run / "finetune" / task / f"fraction_{fraction}" / method / "seed_0"
+        run = text_run / "finetune" / task / f"fraction_{fraction}" / f"{arm}-{method}" / "seed_0"
         saved = yaml.safe_load((run / "config.yaml").read_text())
-        assert Path(saved["model"]["pretrained"]).resolve() == ckpt.resolve()
-        assert json.loads((run / "tokenizer.json").read_text()) == tokenizer
+        assert Path(saved["model"]["pretrained"]).resolve() == ckpts[arm].resolve()
+        assert json.loads((run / "tokenizer.json").read_text()) == tokenizers[arm]
+        assert json.loads((run / "result.json").read_text())["arm"] == arm
     scratch = text_run / "finetune" / "names" / "fraction_1.0" / "scratch" / "seed_0"
     assert yaml.safe_load((scratch / "config.yaml").read_text())["model"]["pretrained"] is None
+    assert not (text_run / "finetune" / "names" / "fraction_1.0" / "bert-finetune").exists()
     assert not list((text_run / "finetune").rglob("*.ckpt"))
 
 
 def test_text_report_has_a_table_per_task(text_run):
     report = (text_run / "results.md").read_text()
     assert "## package" in report and "## names" in report
-    assert "| label fraction | scratch | linear_probe | finetune |" in report
-    assert "| label fraction | scratch | finetune |" in report
+    assert (
+        "| label fraction | scratch | gpt linear_probe | bert linear_probe | gpt finetune "
+        "| bert finetune | gpt gradual_unfreeze | gpt discriminative_lr |" in report
+    )
+    assert "| label fraction | scratch | gpt finetune |" in report
     assert (
         "| label fraction | method | test/exact_match (%) | test/token_acc (%) | test/ppl |"
         in report
@@ -435,6 +479,7 @@ def test_csv_leaves_other_tasks_metrics_empty(tmp_path):
     assert list(rows[0]) == [
         "task",
         "label_fraction",
+        "pretrain",
         "method",
         "seed",
         "test/acc",

@@ -212,6 +212,8 @@ CHECKS = {
 #: keys that name a file the run reads, which must exist: a page's (``outputs/…/<ts>``) stands
 #: for one the reader has, so a file is made for it
 READ_PATHS = ("ckpt_path", "model.pretrained", "pretrained", "data.tokenizer")
+#: and a study's arm's checkpoint to reuse (``pretrain.arms.<name>.pretrained``)
+READ_PATH_PATTERN = re.compile(r"pretrain\.arms\.[^.=]+\.pretrained")
 
 
 def compose_as_entry_point(config: str, overrides: list[str], output_dir: Path) -> DictConfig:
@@ -223,7 +225,8 @@ def compose_as_entry_point(config: str, overrides: list[str], output_dir: Path) 
     overrides = list(overrides)
     for i, override in enumerate(overrides):
         key, _, value = override.partition("=")
-        if key.lstrip("+") in READ_PATHS and value not in ("", "null"):
+        read = key.lstrip("+") in READ_PATHS or READ_PATH_PATTERN.fullmatch(key.lstrip("+"))
+        if read and value not in ("", "null"):
             stand_in = output_dir / "read" / key.lstrip("+")
             stand_in.parent.mkdir(parents=True, exist_ok=True)
             stand_in.touch()

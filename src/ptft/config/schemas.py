@@ -177,8 +177,29 @@ class GenerateConfig:
 
 
 @dataclass
-class PipelineStage:
+class PretrainArm:
+    """One arm of the study's pretraining (``pretrain.arms.<name>``): a ``ptft-train`` config
+    given as overrides, pretrained once; every task's pretrained methods run from it.
+
+    ``pretrain.arms`` holds plain mappings, so that an arm can be added from the command line
+    (``+pretrain.arms.<name>.overrides=[…]``: OmegaConf cannot add an entry to a mapping typed
+    with a dataclass); ``ptft.study.runner.check`` checks each against this schema."""
+
     overrides: list[str] = field(default_factory=list)
+    # a pretraining checkpoint or run directory to reuse instead of pretraining this arm
+    pretrained: PretrainedPath | None = None
+    # the pretrained methods run from this arm (null: every one a task lists)
+    methods: list[str] | None = None
+
+
+@dataclass
+class PipelineStage:
+    """``pretrain``: one unnamed arm (``overrides``, and the top-level ``pretrained`` to reuse
+    a checkpoint), or named arms (``arms.<name>``: :class:`PretrainArm`), not both."""
+
+    overrides: list[str] = field(default_factory=list)
+    # name -> {overrides, pretrained, methods}; empty or null: the one unnamed arm above
+    arms: dict[str, Any] | None = field(default_factory=dict)
 
 
 @dataclass
@@ -198,12 +219,14 @@ class StudyTask:
     # fractions up to small_fraction get small_fraction_seeds seeds (null: as many as seeds)
     small_fraction: Probability = 0.0
     small_fraction_seeds: PositiveInt | None = None
+    # the pretraining arms (pretrain.arms) its pretrained methods run from (null: every arm)
+    arms: list[str] | None = None
 
 
 @dataclass
 class PipelineConfig:
-    """``pipeline.yaml``: pretrain once, then fine-tune every task per label fraction, method
-    and seed."""
+    """``pipeline.yaml``: pretrain once per arm, then fine-tune every task per label fraction,
+    method, arm and seed."""
 
     task_name: NonEmptyStr = "pipeline"
     pretrained: PretrainedPath | None = None

@@ -3,8 +3,9 @@
 A study is dozens of runs; each run's log line starts ``[23/84]`` and ends
 ``elapsed 12:01, ~6 min left``, and on a terminal one overall bar says the same above the
 runs' own (Lightning's) bars. The estimate of a run still to come is the mean time of the
-finished runs of its kind (its task and method: an SVC fit takes a blink, a fine-tuning run
-minutes), else of every finished run. Runs kept from an earlier start of the study count as
+finished runs of its kind (its task, pretraining arm and method: an SVC fit takes a blink, a
+fine-tuning run minutes, and two arms' backbones may differ in size), else of every finished
+run. Runs kept from an earlier start of the study count as
 done, and their recorded times count in the estimate; the elapsed time is this start's.
 """
 
@@ -65,7 +66,7 @@ def estimate_left(
 
 
 class StudyProgress:
-    """The runs of a study (a kind per run, e.g. ``(task, method)``) counted as they finish;
+    """The runs of a study (a kind per run, e.g. ``(task, arm, method)``) counted as they finish;
     ``clock`` (seconds, monotonic) is injected so tests can drive the time."""
 
     def __init__(self, kinds: Iterable[Hashable], clock: Callable[[], float] = time.monotonic):

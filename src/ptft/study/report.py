@@ -1,7 +1,10 @@
 """The study's report: results.csv (one row a run), results.md, a plot, and TensorBoard.
 
 Every task has its own methods and metrics; the first metric of a task is its headline,
-the one the main table and the plot show. Each run also records the validation counterpart
+the one the main table and the plot show. A pretrained method runs once from each
+pretraining arm (``pretrain.arms.<name>``): the tables' columns and the plot's lines are
+``(arm, method)`` pairs, labelled ``simclr finetune`` (the one unnamed arm's, and scratch and
+svc, which use no arm: just the method). Each run also records the validation counterpart
 of every test metric (``val/acc`` beside ``test/acc``): the study's score for sweepers is a
 validation metric, so a sweep never selects on the test split.
 """
@@ -12,7 +15,7 @@ import csv
 import logging
 import math
 from collections import defaultdict
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,9 +34,15 @@ LOWER_IS_BETTER = ("loss", "ppl")
 PRETRAINED_METHODS = ("linear_probe", "finetune", "gradual_unfreeze", "discriminative_lr", "lora")
 
 
+#: a column of a task's tables (and a line of its plot): ``(arm, method)``, arm "" for
+#: scratch, svc and the one unnamed arm
+Column = tuple[str, str]
+
+
 @dataclass
 class Result:
-    """One run of the study: a task, at a label fraction, with a method and a seed."""
+    """One run of the study: a task, at a label fraction, with a method (from a pretraining
+    arm: "" for scratch, svc and the one unnamed arm) and a seed."""
 
     task: str
     label_fraction: float
@@ -41,15 +50,28 @@ class Result:
     seed: int
     metrics: dict[str, float]
     seconds: float
+    # last, with a default: a result.json written before arms existed still loads
+    arm: str = ""
+
+
+def column_label(arm: str, method: str) -> str:
+    """``simclr finetune``; just the method for arm "" (scratch, svc, the unnamed arm)."""
+    return f"{arm} {method}" if arm else method
 
 
 @dataclass(frozen=True)
 class TaskColumns:
-    """What the report shows of a task: its methods (table columns, in order) and its metrics
-    (the first is the headline)."""
+    """What the report shows of a task: its columns (table columns and plot lines, in order),
+    each a method (arm "") or an ``(arm, method)`` pair, and its metrics (the first is the
+    headline)."""
 
-    methods: list[str]
+    methods: Sequence[str | Column]
     metrics: list[str] = field(default_factory=lambda: ["test/acc"])
+
+    @property
+    def columns(self) -> list[Column]:
+        """The ``(arm, method)`` pairs, in order, each once."""
+        return list(dict.fromkeys(m if isinstance(m, tuple) else ("", m) for m in self.methods))
 
     @property
     def headline(self) -> str:
@@ -102,74 +124,79 @@ def fmt(value: float, metric: str) -> str:
 
 def summarize(
     results: list[Result], metric: str
-) -> dict[tuple[str, float, str], tuple[float, float, int]]:
-    """``(task, fraction, method) → (mean, std, n)`` of ``metric`` over seeds (runs without it
-    are left out)."""
-    groups: dict[tuple[str, float, str], list[float]] = defaultdict(list)
+) -> dict[tuple[str, float, str, str], tuple[float, float, int]]:
+    """``(task, fraction, arm, method) → (mean, std, n)`` of ``metric`` over seeds (runs
+    without it are left out)."""
+    groups: dict[tuple[str, float, str, str], list[float]] = defaultdict(list)
     for r in results:
         if metric in r.metrics:
-            groups[(r.task, fraction_key(r.label_fraction), r.method)].append(r.metrics[metric])
+            key = (r.task, fraction_key(r.label_fraction), r.arm, r.method)
+            groups[key].append(r.metrics[metric])
     return {k: (float(np.mean(v)), float(np.std(v)), len(v)) for k, v in groups.items()}
 
 
-def fractions_of(results: list[Result], task: str, methods: list[str] | None = None) -> list[float]:
-    """The task's label fractions (:func:`fraction_key`), ascending; with ``methods``, only
+def fractions_of(
+    results: list[Result], task: str, columns: list[Column] | None = None
+) -> list[float]:
+    """The task's label fractions (:func:`fraction_key`), ascending; with ``columns``, only
     those where one of them ran."""
     return sorted(
         {
             fraction_key(r.label_fraction)
             for r in results
-            if r.task == task and (methods is None or r.method in methods)
+            if r.task == task and (columns is None or (r.arm, r.method) in columns)
         }
     )
 
 
-def table_rows(results: list[Result], task: str, methods: list[str]) -> list[tuple[float, str]]:
-    """The ``(fraction, method)`` rows of the task's table of every metric: each pair that has
-    a result once, fractions ascending, methods in column order."""
-    ran = {(fraction_key(r.label_fraction), r.method) for r in results if r.task == task}
+def table_rows(
+    results: list[Result], task: str, columns: list[Column]
+) -> list[tuple[float, Column]]:
+    """The ``(fraction, (arm, method))`` rows of the task's table of every metric: each pair
+    that has a result once, fractions ascending, columns in order."""
+    ran = {(fraction_key(r.label_fraction), (r.arm, r.method)) for r in results if r.task == task}
     return [
-        (f, m)
-        for f in fractions_of(results, task, methods)
-        for m in dict.fromkeys(methods)
-        if (f, m) in ran
+        (f, c)
+        for f in fractions_of(results, task, columns)
+        for c in dict.fromkeys(columns)
+        if (f, c) in ran
     ]
 
 
 def headline_table(results: list[Result], task: str, columns: TaskColumns) -> str:
-    """Fraction × method: mean ± std (n) of the task's headline metric."""
+    """Fraction × (arm, method): mean ± std (n) of the task's headline metric."""
     metric = columns.headline
-    methods = list(dict.fromkeys(columns.methods))
+    pairs = columns.columns
     summary = summarize(results, metric)
     lines = [
-        "| label fraction | " + " | ".join(methods) + " |",
-        "| ---: | " + " | ".join("---:" for _ in methods) + " |",
+        "| label fraction | " + " | ".join(column_label(*c) for c in pairs) + " |",
+        "| ---: | " + " | ".join("---:" for _ in pairs) + " |",
     ]
-    for f in fractions_of(results, task, methods):
+    for f in fractions_of(results, task, pairs):
         cells = []
-        for m in methods:
-            mean, std, n = summary.get((task, f, m), (math.nan, math.nan, 0))
+        for arm, m in pairs:
+            mean, std, n = summary.get((task, f, arm, m), (math.nan, math.nan, 0))
             cells.append(f"{fmt(mean, metric)} ± {fmt(std, metric)} (n={n})" if n else "–")
         lines.append(f"| {f:g} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
 def metrics_table(results: list[Result], task: str, columns: TaskColumns) -> str:
-    """Fraction × method rows, one column per metric of the task: the mean over seeds."""
+    """Fraction × (arm, method) rows, one column per metric of the task: the mean over seeds."""
     summaries = {metric: summarize(results, metric) for metric in columns.metrics}
     lines = [
         "| label fraction | method | " + " | ".join(label(m) for m in columns.metrics) + " |",
         "| ---: | :--- | " + " | ".join("---:" for _ in columns.metrics) + " |",
     ]
-    for f, method in table_rows(results, task, columns.methods):
-        if any((task, f, method) in s for s in summaries.values()):
+    for f, (arm, method) in table_rows(results, task, columns.columns):
+        key = (task, f, arm, method)
+        if any(key in s for s in summaries.values()):
             cells = [
-                fmt(summaries[m][(task, f, method)][0], m)
-                if (task, f, method) in summaries[m]
-                else "–"
+                fmt(summaries[m][key][0], m) if key in summaries[m] else "–"
                 for m in columns.metrics
             ]
-            lines.append(f"| {f:g} | {method} | " + " | ".join(cells) + " |")
+            shown = column_label(arm, method)
+            lines.append(f"| {f:g} | {shown} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -189,7 +216,9 @@ def markdown_report(results: list[Result], tasks: Mapping[str, TaskColumns]) -> 
 
 def write_csv(results: list[Result], tasks: Mapping[str, TaskColumns], path: Path) -> None:
     """One row a run, one column a metric (of any task: other tasks' columns stay empty): each
-    task's test metrics, then their validation counterparts, then anything else recorded."""
+    task's test metrics, then their validation counterparts, then anything else recorded.
+    ``pretrain`` names the arm a pretrained method started from (empty for scratch and svc,
+    and for the one unnamed arm)."""
     metrics = list(
         dict.fromkeys(
             [m for c in tasks.values() for m in (*c.metrics, *c.val_metrics)]
@@ -198,7 +227,16 @@ def write_csv(results: list[Result], tasks: Mapping[str, TaskColumns], path: Pat
     )
     with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
         writer = csv.DictWriter(
-            f, fieldnames=["task", "label_fraction", "method", "seed", *metrics, "seconds"]
+            f,
+            fieldnames=[
+                "task",
+                "label_fraction",
+                "pretrain",
+                "method",
+                "seed",
+                *metrics,
+                "seconds",
+            ],
         )
         writer.writeheader()
         for r in results:
@@ -206,6 +244,7 @@ def write_csv(results: list[Result], tasks: Mapping[str, TaskColumns], path: Pat
                 {
                     "task": r.task,
                     "label_fraction": r.label_fraction,
+                    "pretrain": r.arm,
                     "method": r.method,
                     "seed": r.seed,
                     **r.metrics,
@@ -214,28 +253,36 @@ def write_csv(results: list[Result], tasks: Mapping[str, TaskColumns], path: Pat
             )
 
 
+#: line styles of the arms in the plot, in order (a colour names the (arm, method) pair)
+ARM_STYLES = ("-", "--", ":", "-.")
+
+
 def plot(results: list[Result], tasks: Mapping[str, TaskColumns], path: Path) -> Any:
-    """One panel per task: its headline metric against the label fraction (log scale), or a
-    bar per method when the task has a single fraction."""
+    """One panel per task: its headline metric against the label fraction (log scale), a line
+    per (arm, method), or a bar per (arm, method) when the task has a single fraction."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, len(tasks), figsize=(5.5 * len(tasks), 4), squeeze=False)
-    # a method keeps its colour in every panel
-    methods = list(dict.fromkeys(m for c in tasks.values() for m in c.methods))
-    colour = {m: f"C{i}" for i, m in enumerate(methods)}
+    # an (arm, method) keeps its colour in every panel (past ten, colours come round again:
+    # an arm keeps its line style too)
+    pairs = list(dict.fromkeys(c for t in tasks.values() for c in t.columns))
+    colour = {c: f"C{i % 10}" for i, c in enumerate(pairs)}
+    named = list(dict.fromkeys(arm for arm, _ in pairs if arm))
+    style = {arm: ARM_STYLES[i % len(ARM_STYLES)] for i, arm in enumerate(named)}
     for ax, (task, columns) in zip(axes[0], tasks.items(), strict=True):
         metric = columns.headline
-        methods_here = list(dict.fromkeys(columns.methods))
         scale = 100 if is_rate(metric) else 1
         summary = summarize(results, metric)
         fractions = fractions_of(results, task)
         if len(fractions) > 1:
-            for m in methods_here:
+            for arm, m in columns.columns:
                 points = [
-                    (f, *summary[(task, f, m)][:2]) for f in fractions if (task, f, m) in summary
+                    (f, *summary[(task, f, arm, m)][:2])
+                    for f in fractions
+                    if (task, f, arm, m) in summary
                 ]
                 if points:
                     x, mean, std = map(np.array, zip(*points, strict=True))
@@ -245,28 +292,31 @@ def plot(results: list[Result], tasks: Mapping[str, TaskColumns], path: Path) ->
                         yerr=scale * std,
                         marker="o",
                         capsize=3,
-                        label=m,
-                        color=colour[m],
+                        label=column_label(arm, m),
+                        color=colour[(arm, m)],
+                        linestyle=style.get(arm, "-"),
                     )
             ax.set_xscale("log")
             ax.set_xlabel("fraction of labelled training data")
             ax.legend()
         else:
             bars = [
-                (m, *summary[(task, f, m)][:2])
+                ((arm, m), *summary[(task, f, arm, m)][:2])
                 for f in fractions
-                for m in methods_here
-                if (task, f, m) in summary
+                for arm, m in columns.columns
+                if (task, f, arm, m) in summary
             ]
             if bars:
-                names, mean, std = zip(*bars, strict=True)
+                shown, mean, std = zip(*bars, strict=True)
                 ax.bar(
-                    names,
+                    [column_label(*c) for c in shown],
                     scale * np.array(mean),
                     yerr=scale * np.array(std),
                     capsize=3,
-                    color=[colour[n] for n in names],
+                    color=[colour[c] for c in shown],
                 )
+                if any(arm for arm, _ in shown):  # two-word labels: slanted, so they do not meet
+                    ax.tick_params(axis="x", labelrotation=30)
             ax.set_xlabel(f"method (label fraction {fractions[0]:g})" if fractions else "method")
         ax.set_ylabel(label(metric))
         ax.set_title(task)
@@ -276,22 +326,21 @@ def plot(results: list[Result], tasks: Mapping[str, TaskColumns], path: Path) ->
     return fig
 
 
-def study_score(results: list[Result], tasks: Mapping[str, TaskColumns]) -> float:
-    """For sweepers: the validation counterpart of the first task's headline
-    (:attr:`TaskColumns.selection`, e.g. ``val/acc``), mean over seeds, of the pretrained method
-    best on it at the task's smallest label fraction; never a test metric, so a sweep does not
-    select on the test split. NaN when no pretrained method recorded it."""
+def best_pretrained(
+    results: list[Result], tasks: Mapping[str, TaskColumns]
+) -> tuple[float, Column | None]:
+    """:func:`study_score` and the ``(arm, method)`` it was read from (None when none)."""
     task, columns = next(iter(tasks.items()))
     fractions = fractions_of(results, task)
     if not fractions:
-        return math.nan
+        return math.nan, None
     metric = columns.selection
     summary = summarize(results, metric)
-    means = [
-        summary[(task, fractions[0], m)][0]
-        for m in PRETRAINED_METHODS
-        if (task, fractions[0], m) in summary
-    ]
+    means = {
+        (arm, m): mean
+        for (t, f, arm, m), (mean, _, _) in summary.items()
+        if t == task and f == fractions[0] and m in PRETRAINED_METHODS
+    }
     if not means:
         log.warning(
             "no pretrained method of task %s recorded %s at fraction %g: the score for "
@@ -300,8 +349,18 @@ def study_score(results: list[Result], tasks: Mapping[str, TaskColumns]) -> floa
             metric,
             fractions[0],
         )
-        return math.nan
-    return max(means) if higher_is_better(metric) else min(means)
+        return math.nan, None
+    pick = max if higher_is_better(metric) else min
+    best = pick(means, key=means.__getitem__)
+    return means[best], best
+
+
+def study_score(results: list[Result], tasks: Mapping[str, TaskColumns]) -> float:
+    """For sweepers: the validation counterpart of the first task's headline
+    (:attr:`TaskColumns.selection`, e.g. ``val/acc``), mean over seeds, of the pretrained
+    (arm, method) best on it at the task's smallest label fraction; never a test metric, so a
+    sweep does not select on the test split. NaN when no pretrained method recorded it."""
+    return best_pretrained(results, tasks)[0]
 
 
 def write_report(results: list[Result], out: Path, tasks: Mapping[str, TaskColumns]) -> float:
@@ -317,13 +376,14 @@ def write_report(results: list[Result], out: Path, tasks: Mapping[str, TaskColum
         writer.add_text("pipeline/results", report)
         writer.add_figure("pipeline/label_efficiency", fig)
     log.info("results:\n%s", report)
-    score = study_score(results, tasks)
+    score, best = best_pretrained(results, tasks)
     first, columns = next(iter(tasks.items()))
     log.info(
         "score for sweepers (the value ptft-pipeline returns): %s of task %s's best pretrained "
-        "method at its smallest label fraction = %.4g",
+        "method at its smallest label fraction%s = %.4g",
         columns.selection,
         first,
+        f" ({column_label(*best)})" if best else "",
         score,
     )
     return score

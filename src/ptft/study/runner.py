@@ -1,9 +1,11 @@
 """The label-efficiency study behind ``ptft-pipeline``.
 
-Pretrain once (or reuse a checkpoint), then for every task, label fraction, seed and method
-fine-tune in this process (imports cost seconds; a run on digits costs about as much), and,
-for image tasks, fit scikit-learn's SVC on the raw pixels of the very same labelled subsets.
-Every task's config is composed before pretraining starts, so a bad override fails at once.
+Pretrain once per arm (``pretrain.arms.<name>``: an objective, say; or the one unnamed arm of
+``pretrain.overrides``), or reuse a checkpoint, then for every task, label fraction, seed and
+method (each pretrained method once from each arm) fine-tune in this process (imports cost
+seconds; a run on digits costs about as much), and, for image tasks, fit scikit-learn's SVC
+on the raw pixels of the very same labelled subsets. Every task's config and every arm's
+pretraining config is composed before pretraining starts, so a bad override fails at once.
 
 A study started again in its own run directory (``hydra.run.dir=<that directory>``, with the
 same overrides) goes on where it stopped: ``study.json`` records the study's plan, and every
@@ -18,6 +20,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import shlex
 import sys
 import time
@@ -29,10 +32,14 @@ from typing import Any
 
 import numpy as np
 from hydra import compose
+from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
-from ptft.cli import quote_override
+from ptft.cli import quote_override, unknown_option
+from ptft.config.bounds import annotations, violation
+from ptft.config.schemas import PretrainArm
 from ptft.config.validate import validate
 from ptft.errors import ConfigError
 from ptft.files import write_atomic
@@ -44,6 +51,7 @@ from ptft.study.report import (
     PRETRAINED_METHODS,
     Result,
     TaskColumns,
+    column_label,
     val_counterpart,
     write_report,
 )
@@ -77,16 +85,20 @@ STUDY_FILE = "study.json"
 RESULT_FILE = "result.json"
 #: top-level keys of the study's config that are not its plan (where it writes, Hydra's own)
 NOT_THE_PLAN = ("paths", "hydra")
+#: an arm's name: a directory name and a word of a table's column label
+ARM_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 
 
 @dataclass(frozen=True)
 class Run:
-    """One fine-tuning run (or SVC fit) of the study."""
+    """One fine-tuning run (or SVC fit) of the study; ``arm`` names the pretraining arm a
+    pretrained method starts from ("" for scratch and svc, and for the one unnamed arm)."""
 
     task: str
     fraction: float
     method: str
     seed: int
+    arm: str = ""
 
     def directory(self, out: Path) -> Path:
         return (
@@ -94,17 +106,90 @@ class Run:
             / "finetune"
             / self.task
             / f"fraction_{self.fraction}"
-            / self.method
+            / (f"{self.arm}-{self.method}" if self.arm else self.method)
             / f"seed_{self.seed}"
         )
 
 
+@dataclass(frozen=True)
+class Arm:
+    """One pretraining of the study: a named arm (``pretrain.arms.<name>``), or the one unnamed
+    arm (``name`` "": ``pretrain.overrides`` and the top-level ``pretrained``)."""
+
+    name: str
+    overrides: tuple[str, ...] = ()
+    #: a checkpoint or run directory to reuse instead of pretraining
+    pretrained: str | None = None
+    #: the pretrained methods that run from it (None: every one a task lists)
+    methods: tuple[str, ...] | None = None
+
+    @property
+    def key(self) -> str:
+        """Where its settings are: ``pretrain.arms.<name>``, or ``pretrain`` when unnamed."""
+        return f"pretrain.arms.{self.name}" if self.name else "pretrain"
+
+    def directory(self, out: Path) -> Path:
+        """``<out>/pretrain/<name>/``; ``<out>/pretrain/`` for the unnamed arm."""
+        return out / "pretrain" / self.name if self.name else out / "pretrain"
+
+    def runs(self, method: str) -> bool:
+        return self.methods is None or method in self.methods
+
+
+def named_arms(cfg: DictConfig) -> dict[str, Any]:
+    """``pretrain.arms`` as plain values, leaving out arms set to null (``pretrain.arms.x=null``
+    drops one, as ``~pretrain.arms.x`` does)."""
+    raw = OmegaConf.to_container(cfg.pretrain.arms, resolve=True) if cfg.pretrain.arms else {}
+    return {str(k): v for k, v in raw.items() if v is not None}
+
+
+def arms(cfg: DictConfig) -> dict[str, Arm]:
+    """The study's pretraining arms by name, in order: the named ones (``pretrain.arms``), or
+    the one unnamed arm ("") of ``pretrain.overrides`` and the top-level ``pretrained``.
+    Assumes :func:`check_arms` passed."""
+    named = named_arms(cfg)
+    if not named:
+        return {"": Arm("", tuple(cfg.pretrain.overrides), cfg.pretrained or None)}
+    out = {}
+    for name, raw in named.items():
+        arm = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(PretrainArm), raw))
+        methods = tuple(arm.methods) if arm.methods is not None else None
+        out[name] = Arm(name, tuple(arm.overrides), arm.pretrained or None, methods)
+    return out
+
+
+def task_arms(cfg: DictConfig, task: str) -> list[Arm]:
+    """The arms the task's pretrained methods run from: those it lists (``tasks.<t>.arms``,
+    in the study's order), or every arm."""
+    study = arms(cfg)
+    wanted = cfg.tasks[task].arms
+    return [arm for name, arm in study.items() if wanted is None or name in wanted]
+
+
+def task_columns(cfg: DictConfig, task: str) -> list[tuple[str, str]]:
+    """The task's ``(arm, method)`` pairs in order: each method as listed, a pretrained one
+    once from each of the task's arms that runs it, scratch and svc once (arm "")."""
+    columns = []
+    for method in cfg.tasks[task].methods:
+        if method in PRETRAINED_METHODS:
+            columns += [(a.name, str(method)) for a in task_arms(cfg, task) if a.runs(method)]
+        else:
+            columns.append(("", str(method)))
+    return columns
+
+
 def compose_train(overrides: list[str], where: str) -> DictConfig:
-    """``train.yaml`` composed with ``overrides``; ``where`` names the config key they came from."""
+    """``train.yaml`` composed with ``overrides``; ``where`` names the config key they came from.
+    An option an optional group does not have (``experiment=digits_rotaton``), which Hydra
+    would take silently and compose the default run without, is refused too."""
     try:
-        return compose(config_name="train", overrides=overrides)
+        cfg = compose(config_name="train", overrides=overrides)
     except Exception as err:  # Hydra's own errors name the bad override
         raise ConfigError(f"{where} {overrides} do not compose: {err}".replace("\n", " ")) from err
+    error = unknown_option(GlobalHydra.instance().config_loader(), overrides)
+    if error:
+        raise ConfigError(f"{where}: {error}")
+    return cfg
 
 
 def seeds_for(task: DictConfig, fraction: float) -> list[int]:
@@ -113,12 +198,14 @@ def seeds_for(task: DictConfig, fraction: float) -> list[int]:
 
 
 def plan(cfg: DictConfig) -> Iterator[Run]:
-    """Every run of the study, in the order they run: task, fraction, seed, method."""
+    """Every run of the study, in the order they run: task, fraction, seed, then method (a
+    pretrained method once from each of the task's arms that runs it, in the arms' order)."""
     for name, task in cfg.tasks.items():
+        columns = task_columns(cfg, str(name))
         for fraction in task.label_fractions:
             for seed in seeds_for(task, fraction):
-                for method in task.methods:
-                    yield Run(str(name), float(fraction), str(method), seed)
+                for arm, method in columns:
+                    yield Run(str(name), float(fraction), method, seed, arm)
 
 
 def interactive() -> bool:
@@ -152,13 +239,82 @@ def is_image_data(data_cfg: DictConfig) -> bool:
     return len(data_cfg.get("input_shape") or []) == 3
 
 
+def check_arms(cfg: DictConfig) -> None:
+    """Fail on a bad ``pretrain``: the one-arm form and named arms both given, a top-level
+    ``pretrained`` with named arms, an arm's name, keys, values or methods; or a task's
+    ``arms`` naming an arm the study does not have."""
+    named = named_arms(cfg)
+    if named:
+        listed = ", ".join(named)
+        if cfg.pretrain.overrides:
+            raise ConfigError(
+                f"pretrain.overrides and pretrain.arms ({listed}) are both set; pick one: "
+                "pretrain.arms=null for the one-arm form (pretrain.overrides), or each arm's "
+                "overrides as pretrain.arms.<name>.overrides"
+            )
+        if cfg.pretrained:
+            raise ConfigError(
+                f"pretrained={cfg.pretrained} reuses the one unnamed arm's checkpoint, but the "
+                f"study has named arms ({listed}); reuse an arm's as "
+                "pretrain.arms.<name>.pretrained=…, or use the one-arm form with pretrain.arms=null"
+            )
+    for name, raw in named.items():
+        check_arm(name, raw)
+    for task_name, task in cfg.tasks.items():
+        unknown = [str(a) for a in task.arms or [] if a not in named]
+        if unknown:
+            has = (
+                f"its arms are {list(named)}"
+                if named
+                else "it has none named (the one-arm form, pretrain.overrides): "
+                f"set tasks.{task_name}.arms=null"
+            )
+            raise ConfigError(f"tasks.{task_name}.arms: {unknown} are not arms of the study; {has}")
+
+
+def check_arm(name: str, raw: Any) -> None:
+    """One named arm (``pretrain.arms.<name>``, plain values) against :class:`PretrainArm`:
+    its name, its keys and their types, the bounds they declare (a ``pretrained`` that
+    exists), and its methods."""
+    key = f"pretrain.arms.{name}"
+    hints = annotations(PretrainArm)
+    if not ARM_NAME.fullmatch(name):
+        raise ConfigError(
+            f"pretrain.arms: {name!r} is not an arm name; name arms with letters, digits, "
+            "'_', '.' and '-' (a letter or digit first)"
+        )
+    if not isinstance(raw, dict):
+        raise ConfigError(
+            f"{key}={raw!r}: an arm is a mapping (overrides: [...], pretrained: null, "
+            f"methods: null); set its overrides as +{key}.overrides=[...]"
+        )
+    try:
+        arm = OmegaConf.to_container(OmegaConf.merge(OmegaConf.structured(PretrainArm), raw))
+    except OmegaConfBaseException as err:
+        first = str(err).splitlines()[0]
+        where = f"{key}.{err.full_key}" if getattr(err, "full_key", None) else key
+        raise ConfigError(f"{where}: {first}; an arm takes {list(hints)}") from None
+    for field_name, ann in hints.items():
+        problem = violation(arm[field_name], ann)
+        if problem:
+            raise ConfigError(f"{key}.{field_name}={arm[field_name]}: {problem}")
+    unknown = [m for m in arm["methods"] or [] if m not in PRETRAINED_METHODS]
+    if unknown:
+        raise ConfigError(
+            f"{key}.methods: {unknown} are not pretrained methods; choose from "
+            f"{list(PRETRAINED_METHODS)} (scratch and svc use no arm)"
+        )
+
+
 def check(cfg: DictConfig) -> None:
-    """Fail before pretraining: unknown methods, a bad task, overrides that do not compose, or
-    a run whose config the code it names does not accept (the pretraining run's included)."""
+    """Fail before pretraining: unknown methods or arms, a bad task or arm, overrides that do
+    not compose, or a run whose config the code it names does not accept (every arm's
+    pretraining run included)."""
     if not cfg.tasks:
         raise ConfigError(
             "tasks is empty; choose a study with pipeline=vision|text or add tasks.<name>"
         )
+    check_arms(cfg)
     for name, task in cfg.tasks.items():
         key = f"tasks.{name}"
         unknown = sorted(set(task.methods) - set(METHODS))
@@ -207,9 +363,12 @@ def check(cfg: DictConfig) -> None:
                     f"{key}.methods: svc fits raw pixels, but this task's data are not images; "
                     "drop svc"
                 )
-    if not cfg.pretrained and any(r.method in PRETRAINED_METHODS for r in plan(cfg)):
-        overrides = [*cfg.pretrain.overrides, f"paths.output_dir={quote_override(Path('unused'))}"]
-        check_run(compose_train(overrides, "pretrain.overrides"), "pretrain.overrides")
+    used = {r.arm for r in plan(cfg) if r.method in PRETRAINED_METHODS}
+    for arm in arms(cfg).values():
+        if arm.name in used and not arm.pretrained:
+            where = f"{arm.key}.overrides"
+            overrides = [*arm.overrides, f"paths.output_dir={quote_override(Path('unused'))}"]
+            check_run(compose_train(overrides, where), where)
     restarted = given_run_dir(cfg)
     if restarted is not None:
         check_same_study(cfg, restarted)
@@ -315,36 +474,38 @@ def check_run(run_cfg: DictConfig, where: str) -> None:
         raise ConfigError(f"{where}: {err}") from None
 
 
-def pretrain(cfg: DictConfig, out: Path) -> Path:
-    """Run the pretraining stage (or reuse ``cfg.pretrained``) and return its checkpoint.
+def pretrain(arm: Arm, out: Path) -> Path:
+    """Run one arm's pretraining (or reuse its ``pretrained``) and return its checkpoint.
 
     A pretraining that finished in an earlier start of the study (its ``result.json`` names a
     checkpoint that is there) is kept; one that did not finish resumes from its
     ``checkpoints/last.ckpt`` (``ckpt_path=``), or starts over when it has none.
     """
-    if cfg.pretrained:
-        return resolve_checkpoint(cfg.pretrained)
-    stage_dir = out / "pretrain"
+    what = f"pretraining {arm.name}" if arm.name else "pretraining"
+    if arm.pretrained:
+        key = f"{arm.key}.pretrained" if arm.name else "pretrained"
+        return resolve_checkpoint(arm.pretrained, key)
+    stage_dir = arm.directory(out)
     done = read_result(stage_dir)
     if isinstance(done, dict) and isinstance(done.get("checkpoint"), str):
         ckpt = stage_dir / done["checkpoint"]
         if ckpt.is_file():
-            log.info("pretraining finished in an earlier start: %s", ckpt)
+            log.info("%s finished in an earlier start: %s", what, ckpt)
             return ckpt
-    overrides = [*cfg.pretrain.overrides, f"paths.output_dir={quote_override(stage_dir)}"]
+    overrides = [*arm.overrides, f"paths.output_dir={quote_override(stage_dir)}"]
     last = stage_dir / "checkpoints" / "last.ckpt"
     if last.is_file():
-        log.info("pretraining did not finish: resuming it from %s", last)
+        log.info("%s did not finish: resuming it from %s", what, last)
         overrides.append(f"ckpt_path={quote_override(last)}")
     else:
         set_aside(stage_dir)
-    run_cfg = compose_train(overrides, "pretrain.overrides")
+    run_cfg = compose_train(overrides, f"{arm.key}.overrides")
     stage_dir.mkdir(parents=True, exist_ok=True)
     OmegaConf.save(run_cfg, stage_dir / "config.yaml", resolve=True)
     start = time.perf_counter()
     train(run_cfg)
     seconds = time.perf_counter() - start
-    log.info("pretraining took %.1f s", seconds)
+    log.info("%s took %.1f s", what, seconds)
     ckpt = resolve_checkpoint(stage_dir)
     record = {"checkpoint": str(ckpt.relative_to(stage_dir)), "seconds": seconds}
     write_atomic(stage_dir / RESULT_FILE, json.dumps(record, indent=1) + "\n")
@@ -413,9 +574,10 @@ def recorded(cfg: DictConfig, run: Run, out: Path) -> Result | None:
         result = None
     if result is None:
         return None
-    same_run = (result.task, result.label_fraction, result.method, result.seed) == (
+    same_run = (result.task, result.label_fraction, result.arm, result.method, result.seed) == (
         run.task,
         run.fraction,
+        run.arm,
         run.method,
         run.seed,
     )
@@ -441,15 +603,18 @@ def run_study(cfg: DictConfig, out: Path | None = None) -> float:
         log.info("study restarted in %s: %d of %d runs had finished", out, finished, len(runs))
     todo = [r for r in runs if done.get(r) is None]
     # the elapsed time counts from here: pretraining is part of the wait
-    progress = StudyProgress((run.task, run.method) for run in runs)
+    progress = StudyProgress((run.task, run.arm, run.method) for run in runs)
     log.info("%d runs in the study, %d to run", len(runs), len(todo))
-    ckpt = pretrain(cfg, out) if any(r.method in PRETRAINED_METHODS for r in todo) else None
+    # an arm is pretrained (or its checkpoint looked up) only when a run still needs it
+    needed = {r.arm for r in todo if r.method in PRETRAINED_METHODS}
+    ckpts = {name: pretrain(arm, out) for name, arm in arms(cfg).items() if name in needed}
     logging.getLogger("lightning.pytorch.utilities.rank_zero").setLevel(logging.WARNING)
 
     bars = interactive()
-    results = run_all(cfg, runs, done, ckpt, out, progress, bars)
+    results = run_all(cfg, runs, done, ckpts, out, progress, bars)
     tasks = {
-        str(name): TaskColumns(list(t.methods), list(t.metrics)) for name, t in cfg.tasks.items()
+        str(name): TaskColumns(task_columns(cfg, str(name)), list(t.metrics))
+        for name, t in cfg.tasks.items()
     }
     return write_report(results, out, tasks)
 
@@ -458,26 +623,30 @@ def run_all(
     cfg: DictConfig,
     runs: list[Run],
     done: dict[Run, Result | None],
-    ckpt: Path | None,
+    ckpts: dict[str, Path],
     out: Path,
     progress: StudyProgress,
     bars: bool,
 ) -> list[Result]:
-    """Every run in plan order (a run recorded in ``done`` is kept, not run), each logged with
-    the study's progress; with ``bars``, one overall bar above the runs' own, log lines
-    printed above both."""
+    """Every run in plan order (a run recorded in ``done`` is kept, not run; a pretrained
+    method starts from its arm's checkpoint in ``ckpts``), each logged with the study's
+    progress; with ``bars``, one overall bar above the runs' own, log lines printed above
+    both."""
     overall = OverallBar(progress, every=1.0) if bars else None
     results: list[Result] = []
     try:
         with drawn_above_bars() if bars else nullcontext():
             for run in runs:
                 result = done.get(run)
+                kind = (run.task, run.arm, run.method)
                 if result is None:
-                    progress.start_run((run.task, run.method))
+                    progress.start_run(kind)
                     if overall is not None:
-                        overall.show(f"{run.task} {run.fraction:g} {run.method} seed {run.seed}")
+                        shown = column_label(run.arm, run.method)
+                        overall.show(f"{run.task} {run.fraction:g} {shown} seed {run.seed}")
                     set_aside(run.directory(out))
                     start = time.perf_counter()
+                    ckpt = ckpts.get(run.arm) if run.method in PRETRAINED_METHODS else None
                     metrics = run_one(cfg, run, ckpt, out, bars)
                     result = Result(
                         run.task,
@@ -486,12 +655,13 @@ def run_all(
                         run.seed,
                         metrics,
                         time.perf_counter() - start,
+                        arm=run.arm,
                     )
                     write_atomic(
                         run.directory(out) / RESULT_FILE,
                         json.dumps(asdict(result), indent=1) + "\n",
                     )
-                progress.finished((run.task, run.method), result.seconds)
+                progress.finished(kind, result.seconds)
                 if overall is not None:
                     overall.show("")
                 log.info("%s", run_line(run, result, progress, earlier=done.get(run) is not None))
@@ -518,10 +688,11 @@ def drawn_above_bars() -> Iterator[None]:
 
 def run_line(run: Run, result: Result, progress: StudyProgress, earlier: bool) -> str:
     """``[23/84] digits fraction 0.1   finetune     seed 0: test/acc 0.95, … (3.1 s); elapsed
-    12:01, ~6 min left``: a finished run's log line."""
+    12:01, ~6 min left`` (``simclr finetune`` for a named arm's): a finished run's log line."""
     shown = ", ".join(f"{k} {v:.4g}" for k, v in result.metrics.items())
     when = ", earlier start" if earlier else ""
     return (
-        f"{progress.count} {run.task} fraction {run.fraction:<5g} {run.method:<12} seed "
+        f"{progress.count} {run.task} fraction {run.fraction:<5g} "
+        f"{column_label(run.arm, run.method):<12} seed "
         f"{run.seed}: {shown} ({result.seconds:.1f} s{when}); {progress.timing}"
     )

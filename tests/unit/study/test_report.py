@@ -78,6 +78,7 @@ def test_csv_carries_validation_counterparts_beside_test_metrics(tmp_path):
     assert list(rows[0]) == [
         "task",
         "label_fraction",
+        "pretrain",
         "method",
         "seed",
         "test/acc",
@@ -88,6 +89,7 @@ def test_csv_carries_validation_counterparts_beside_test_metrics(tmp_path):
     ]
     assert float(rows[0]["val/acc"]) == pytest.approx(results[0].metrics["val/acc"])
     assert rows[0]["val/f1"] == ""  # not recorded: left empty, never filled from test
+    assert {r["pretrain"] for r in rows} == {""}  # no named arm: the column stays empty
 
 
 def test_val_counterpart_and_a_metric_without_one():
