@@ -109,11 +109,18 @@ def main() -> None:
         for c in (1.0, 10.0, 100.0):
             clf = LogisticRegression(C=c, max_iter=3000).fit(xtr, ys["train"][keep])
             pv, pt = clf.predict(xs["val"]), clf.predict(xs["test"])
-            row = (c, (pv == ys["val"]).mean(), (pt == ys["test"]).mean(),
-                   f1_score(ys["val"], pv, average="macro"), f1_score(ys["test"], pt, average="macro"))
+            row = (
+                c,
+                (pv == ys["val"]).mean(),
+                (pt == ys["test"]).mean(),
+                f1_score(ys["val"], pv, average="macro"),
+                f1_score(ys["test"], pt, average="macro"),
+            )
             best = row if best is None or row[1] > best[1] else best
-        print(f"tfidf fraction={f} C={best[0]} val/acc={best[1]:.3f} test/acc={best[2]:.3f} "
-              f"val/f1={best[3]:.3f} test/f1={best[4]:.3f}")
+        print(
+            f"tfidf fraction={f} C={best[0]} val/acc={best[1]:.3f} test/acc={best[2]:.3f} "
+            f"val/f1={best[3]:.3f} test/f1={best[4]:.3f}"
+        )
 
     sources = [(c, None) for c in args.ckpt]
     if args.random:
@@ -126,8 +133,10 @@ def main() -> None:
             torch.manual_seed(args.seed)
             backbone.reset_parameters()
         tokenizer = Tokenizer.from_str(record["tokenizer"])
-        ids = {s: [frame_text(tokenizer, t, args.max_length, PTFT_SPECIALS) for t in texts[s]]
-               for s in texts}
+        ids = {
+            s: [frame_text(tokenizer, t, args.max_length, PTFT_SPECIALS) for t in texts[s]]
+            for s in texts
+        }
         feats = {s: features(backbone, ids[s], PTFT_SPECIALS.pad_id) for s in ids}
         name = f"{ckpt} {kind or 'pretrained'} causal={backbone.causal}"
         keys = sorted(feats["train"])
@@ -137,8 +146,10 @@ def main() -> None:
             for key in keys:
                 xs = {s: feats[s][key] for s in ("val", "test")}
                 c, va, ta, vf, tf = fit_probe(feats["train"][key][keep], ys["train"][keep], xs, ys)
-                print(f"{name} fraction={f} layer={key[0]} pool={key[1]} C={c} val/acc={va:.3f} "
-                      f"test/acc={ta:.3f} val/f1={vf:.3f} test/f1={tf:.3f}")
+                print(
+                    f"{name} fraction={f} layer={key[0]} pool={key[1]} C={c} val/acc={va:.3f} "
+                    f"test/acc={ta:.3f} val/f1={vf:.3f} test/f1={tf:.3f}"
+                )
         print(f"{name}: {time.time() - t0:.0f}s")
 
 

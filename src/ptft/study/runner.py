@@ -226,7 +226,7 @@ def run_overrides(
         *(NESTED_BARS if bars else NO_BARS),
         f"model.pretrained={quote_override(ckpt) if pretrained else 'null'}",
         f"data.label_fraction={run.fraction}",
-        # the seed picks the labelled subset too (the digits config says so itself; text does not)
+        # the seed picks the labelled subset too (as the data configs do: subset_seed: ${seed})
         f"data.subset_seed={run.seed}",
         f"seed={run.seed}",
         f"paths.output_dir={quote_override(stage_dir)}",
