@@ -251,11 +251,12 @@ class HFImages:
     def listing(self) -> tuple[Listing, list[str]]:
         splits = self._load()
         names = self.class_names()
+        class_label = None if names is None else self._class_label()
         listed: Listing = {}
         for split, dataset in splits.items():
             key = self.split_map[split]
             refs = [Row(key, i) for i in range(len(dataset))]
-            labels = [""] * len(refs) if names is None else self._labels(split, self._class_label())
+            labels = [""] * len(refs) if names is None else self._labels(split, class_label)
             listed[split] = (refs, labels)
         if not listed["train"][0]:
             raise ConfigError(f"data.path={self.path}: the training split has no rows")

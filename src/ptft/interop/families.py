@@ -417,14 +417,9 @@ class Llama(Family):
     def from_ptft(cls, bb: dict[str, Any]) -> dict[str, Any]:
         return {
             "model_type": "llama",
-            "vocab_size": bb["vocab_size"],
-            "hidden_size": bb["dim"],
-            "num_hidden_layers": bb["num_layers"],
-            "num_attention_heads": bb["num_heads"],
+            **_sizes(bb),
             "num_key_value_heads": bb.get("num_kv_heads") or bb["num_heads"],
             "head_dim": bb["dim"] // bb["num_heads"],
-            "intermediate_size": _hidden_dim(bb),
-            "max_position_embeddings": bb["max_positions"],
             "rms_norm_eps": bb.get("norm_eps", 1e-5),
             "hidden_act": ACTIVATIONS_OUT[bb.get("activation", "gelu")],
             "attention_bias": bool(bb.get("bias", True)),
@@ -545,12 +540,7 @@ class GPTNeoX(Family):
     def from_ptft(cls, bb: dict[str, Any]) -> dict[str, Any]:
         return {
             "model_type": "gpt_neox",
-            "vocab_size": bb["vocab_size"],
-            "hidden_size": bb["dim"],
-            "num_hidden_layers": bb["num_layers"],
-            "num_attention_heads": bb["num_heads"],
-            "intermediate_size": _hidden_dim(bb),
-            "max_position_embeddings": bb["max_positions"],
+            **_sizes(bb),
             "layer_norm_eps": bb.get("norm_eps", 1e-5),
             "hidden_act": ACTIVATIONS_OUT[bb.get("activation", "gelu")],
             "use_parallel_residual": False,
@@ -651,17 +641,25 @@ MEGATRON_LAYER = (
 )
 
 
-def _bert_config(bb: dict[str, Any], model_type: str, type_vocab_size: int) -> dict[str, Any]:
-    """The ``config.json`` fields that BERT and MegatronBERT share, from ptft's backbone
-    config (no dropout: the export reproduces ptft's features)."""
+def _sizes(bb: dict[str, Any]) -> dict[str, int]:
+    """The ``config.json`` sizes every exported family names alike, from ptft's backbone
+    config."""
     return {
-        "model_type": model_type,
         "vocab_size": bb["vocab_size"],
         "hidden_size": bb["dim"],
         "num_hidden_layers": bb["num_layers"],
         "num_attention_heads": bb["num_heads"],
         "intermediate_size": _hidden_dim(bb),
         "max_position_embeddings": bb["max_positions"],
+    }
+
+
+def _bert_config(bb: dict[str, Any], model_type: str, type_vocab_size: int) -> dict[str, Any]:
+    """The ``config.json`` fields that BERT and MegatronBERT share, from ptft's backbone
+    config (no dropout: the export reproduces ptft's features)."""
+    return {
+        "model_type": model_type,
+        **_sizes(bb),
         "hidden_act": ACTIVATIONS_OUT[bb.get("activation", "gelu")],
         "layer_norm_eps": bb.get("norm_eps", 1e-5),
         "type_vocab_size": type_vocab_size,
