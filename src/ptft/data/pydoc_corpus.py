@@ -2,7 +2,9 @@
 
 The sources are parsed with :mod:`ast` (never imported, so nothing runs), every module,
 class and function docstring becomes one record, and records are split into
-train/val/test **by source file** so that no file feeds two splits. The same docstring can
+train/val/test **by unit**, a file's top-level definition (a class with all its methods, a
+function, the module docstring), stratified by package, so that no class feeds two splits and
+every package's held-out records come from many units. The same docstring can
 stand in two files (a pure-Python twin of a C module, a copied helper), so a val record
 whose text a training record has, and a test record whose text train or val has, is dropped:
 no held-out text is ever trained on, pretraining included. The corpus is cached on disk keyed
@@ -36,8 +38,9 @@ FORMAT_VERSION = 1
 #: (and so into every checkpoint). The cached records do not depend on it, and what is built
 #: from a split (token files, a tokenizer) is keyed by the hash of that split's texts, so a
 #: changed split never reuses them. 2: val/test records whose text an earlier split has are
-#: dropped (:func:`drop_seen`).
-SPLIT_VERSION = 2
+#: dropped (:func:`drop_seen`). 3: split by unit (file and top-level definition) filled to each
+#: package's share (:func:`assign_splits`), not by whole file.
+SPLIT_VERSION = 3
 
 SPLITS = ("train", "val", "test")
 
@@ -214,39 +217,55 @@ def split_of(path: str, seed: int, val_fraction: float, test_fraction: float) ->
     return "train"
 
 
-#: a package with at least this many source files has files in every split (see assign_splits)
-MIN_FILES_PER_SPLIT_PACKAGE = 3
-
-
-def _unit_hash(seed: int, path: str) -> float:
-    digest = hashlib.sha256(f"{seed}:{path}".encode()).digest()
+def _unit_hash(seed: int, key: str) -> float:
+    digest = hashlib.sha256(f"{seed}:{key}".encode()).digest()
     return int.from_bytes(digest[:8], "big") / 2**64  # uniform in [0, 1)
 
 
-def assign_splits(
-    paths: Iterable[str], seed: int, val_fraction: float, test_fraction: float
-) -> dict[str, str]:
-    """The split of every source file: whole files, stratified by top-level package.
+#: a package's held-out share of a split is spread over at least this many units
+UNITS_PER_SHARE = 4
 
-    A package of at least ``MIN_FILES_PER_SPLIT_PACKAGE`` files sends its files with the lowest
-    seeded hashes to test, the next to val (its share of each, rounded, at least one file when
-    that fraction is non-zero), so every such package can be evaluated on files never trained
-    on; a single-file module or a smaller package follows :func:`split_of`. A file's split
-    depends only on the seed and its package's file list.
+
+def split_unit(record: DocRecord) -> str:
+    """The unit a record is split with: its file and top-level definition (``path::Class``
+    holds a class's own docstring and all its methods'; ``path::`` is the module docstring).
+
+    Finer than a file, so no single file (``tkinter/__init__.py`` holds 521 docstrings) makes
+    up half of a held-out split, and coarse enough that a class is never split up: a held-out
+    method's siblings are held out with it.
     """
+    top = "" if record.kind == "module" else record.name.split(".", 1)[0]
+    return f"{record.path}::{top}"
+
+
+def assign_splits(
+    records: Iterable[DocRecord], seed: int, val_fraction: float, test_fraction: float
+) -> dict[str, str]:
+    """The split of every unit (:func:`split_unit`), stratified by top-level package.
+
+    Each package's units are taken in the order of their seeded hashes; a unit goes to test
+    if it fits in what test still needs (of ``round(test_fraction * records of the package)``)
+    and holds at most a quarter of that share (:data:`UNITS_PER_SHARE`), else to val on the
+    same terms, else to train. So every package has about its share of records in each
+    held-out split, spread over many units, and a large unit (``tkinter.Misc``, 144 methods)
+    stays in training. A unit's split depends only on the seed and its package's units and
+    sizes.
+    """
+    sizes = Counter(split_unit(r) for r in records)
     by_package: dict[str, list[str]] = {}
-    for path in sorted(set(paths)):
-        by_package.setdefault(package_of(path), []).append(path)
+    for unit in sorted(sizes):
+        by_package.setdefault(package_of(unit.split("::", 1)[0]), []).append(unit)
     splits: dict[str, str] = {}
-    for files in by_package.values():
-        if len(files) < MIN_FILES_PER_SPLIT_PACKAGE:
-            splits.update((f, split_of(f, seed, val_fraction, test_fraction)) for f in files)
-            continue
-        ranked = sorted(files, key=lambda f: _unit_hash(seed, f))
-        n_test = max(round(len(files) * test_fraction), 1) if test_fraction > 0 else 0
-        n_val = max(round(len(files) * val_fraction), 1) if val_fraction > 0 else 0
-        for i, f in enumerate(ranked):
-            splits[f] = "test" if i < n_test else "val" if i < n_test + n_val else "train"
+    for units in by_package.values():
+        total = sum(sizes[u] for u in units)
+        need = {"test": round(total * test_fraction), "val": round(total * val_fraction)}
+        # at most a quarter of a share in one unit: each held-out share is four units or more
+        most = {split: max(n // UNITS_PER_SHARE, 1) for split, n in need.items()}
+        for unit in sorted(units, key=lambda u: _unit_hash(seed, u)):
+            fits = (s for s in ("test", "val") if 0 < sizes[unit] <= min(need[s], most[s]))
+            split = next(fits, "train")
+            need[split] = need.get(split, 0) - sizes[unit]
+            splits[unit] = split
     return splits
 
 
@@ -375,10 +394,10 @@ def build_corpus(
     cache_dir: str | Path,
     root: str | Path | None = None,
     seed: int = 0,
-    val_fraction: float = 0.05,
-    test_fraction: float = 0.05,
+    val_fraction: float = 0.1,
+    test_fraction: float = 0.1,
 ) -> PydocCorpus:
-    """The docstring corpus split by source file; cached under ``cache_dir``.
+    """The docstring corpus split by unit (:func:`assign_splits`); cached under ``cache_dir``.
 
     ``root`` defaults to the running interpreter's standard library. A val/test record whose
     text (:func:`normalized`) an earlier split has is dropped (:func:`drop_seen`). The manifest
@@ -396,12 +415,12 @@ def build_corpus(
             "with a sum below 1; lower them"
         )
     records, stored = load_records(cache_dir, root)
-    assignment = assign_splits((r.path for r in records), seed, val_fraction, test_fraction)
-    by_file: dict[str, list[DocRecord]] = {name: [] for name in SPLITS}
+    assignment = assign_splits(records, seed, val_fraction, test_fraction)
+    by_unit: dict[str, list[DocRecord]] = {name: [] for name in SPLITS}
     for r in records:
-        by_file[assignment[r.path]].append(r)
-    # a docstring found in two files of different splits is held out only where it is new
-    splits, dropped = drop_seen(by_file, lambda r: normalized(r.text))
+        by_unit[assignment[split_unit(r)]].append(r)
+    # a docstring found in two units of different splits is held out only where it is new
+    splits, dropped = drop_seen(by_unit, lambda r: normalized(r.text))
     manifest = {
         **stored,
         "split_version": SPLIT_VERSION,
@@ -411,6 +430,7 @@ def build_corpus(
         "splits": {
             name: {
                 "files": len({r.path for r in rs}),
+                "units": len({split_unit(r) for r in rs}),
                 "records": len(rs),
                 "dropped_seen": dropped[name],
                 "chars": sum(len(r.text) for r in rs),
@@ -437,8 +457,8 @@ def package_labels(
     if k < 2:
         raise ConfigError(f"the package task needs k >= 2 classes, got k={k}")
     excluded = set(exclude)
-    # a label must be testable: only packages with docstrings in every split (whole files
-    # per split, so a single-file module such as os.py never qualifies)
+    # a label must be testable: only packages with docstrings in every split (a package whose
+    # units are all larger than a quarter of its held-out share has none held out)
     present = [{r.package for r in corpus.splits[s]} for s in SPLITS]
     eligible = set.intersection(*present) - excluded
     counts = Counter(r.package for r in corpus.splits["train"] if r.package in eligible)

@@ -3,7 +3,7 @@
 * ``data=pydoc_package`` (sequence classification): a docstring → its top-level package.
 * ``data=pydoc_names`` (sequence generation): a function's first docstring paragraph → its name.
 
-Both use the corpus split of ``data=pydoc_text`` (whole source files per split), so a model
+Both use the corpus split of ``data=pydoc_text`` (by top-level class or function), so a model
 pretrained there never saw a val/test docstring. A text is framed the way the pretraining
 stream frames a document, ``<eos> text <eos>``, so the pretrained model reads familiar input;
 a generation pair is ``<eos> prompt <sep> target <eos>`` with the loss on ``target <eos>``.
@@ -303,8 +303,8 @@ class PydocLabelledDataModule(PaddedExamplesDataModule):
         eval_batch_size: PositiveInt = 128,
         num_workers: NonNegativeInt = 0,
         split_seed: Seed = 0,
-        val_fraction: HeldOut = 0.05,
-        test_fraction: HeldOut = 0.05,
+        val_fraction: HeldOut = 0.1,
+        test_fraction: HeldOut = 0.1,
         label_fraction: Fraction = 1.0,
         subset_seed: Seed = 0,
         with_labels: bool = True,

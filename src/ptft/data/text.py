@@ -149,8 +149,8 @@ class TokenBlocksDataModule(SplitLoaders):
         eval_batch_size: PositiveInt = 64,
         num_workers: NonNegativeInt = 0,
         split_seed: Seed = 0,
-        val_fraction: HeldOut = 0.05,
-        test_fraction: HeldOut = 0.05,
+        val_fraction: HeldOut = 0.1,
+        test_fraction: HeldOut = 0.1,
         tokenizer: TokenizerPath | None = None,
         with_labels: bool = False,
     ) -> None:

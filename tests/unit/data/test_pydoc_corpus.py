@@ -1,4 +1,4 @@
-"""Stdlib docstring corpus: ast extraction, skipped test code, file-level split, cache, tasks."""
+"""Stdlib docstring corpus: ast extraction, skipped test code, split by unit, cache, tasks."""
 
 from __future__ import annotations
 
@@ -167,18 +167,29 @@ def test_test_packages_unimportable_dirs_and_broken_files_are_skipped(fake_stdli
     assert corpus.manifest["num_records"] == len(OS_RECORDS) + 1 + 2 + 1 + 80
 
 
-def test_no_file_is_in_two_splits_and_every_file_is_in_one(fake_stdlib, tmp_path):
+def test_no_unit_is_in_two_splits_and_every_unit_is_in_one(fake_stdlib, tmp_path):
     corpus = pc.build_corpus(
         tmp_path / "cache", root=fake_stdlib, val_fraction=0.2, test_fraction=0.2
     )
-    files = {split: {r.path for r in corpus.splits[split]} for split in pc.SPLITS}
-    assert all(files[s] for s in pc.SPLITS), files  # 44 files at 20% each: none is empty
-    assert not files["train"] & files["val"]
-    assert not files["train"] & files["test"]
-    assert not files["val"] & files["test"]
-    assert sum(len(f) for f in files.values()) == corpus.manifest["num_files"]
+    units = {split: {pc.split_unit(r) for r in corpus.splits[split]} for split in pc.SPLITS}
+    assert all(units[s] for s in pc.SPLITS), units  # 40 files of 2 units at 20%: none is empty
+    assert not units["train"] & units["val"]
+    assert not units["train"] & units["test"]
+    assert not units["val"] & units["test"]
+    # a class and its methods (inner functions included) are one unit, in one split
+    stat = [
+        split
+        for split in pc.SPLITS
+        for r in corpus.splits[split]
+        if r.path == "os.py" and (r.name == "Stat" or r.name.startswith("Stat."))
+    ]
+    assert len(stat) == 5 and len(set(stat)) == 1
+    assert pc.split_unit(pc.DocRecord("os.py", "os", "module", "os", "x")) == "os.py::"
+    assert pc.split_unit(pc.DocRecord("a/b.py", "a", "function", "C.f.<locals>.g", "x")) == (
+        "a/b.py::C"
+    )
     for split in pc.SPLITS:
-        assert corpus.manifest["splits"][split]["files"] == len(files[split])
+        assert corpus.manifest["splits"][split]["units"] == len(units[split])
         assert corpus.manifest["splits"][split]["records"] == len(corpus.splits[split])
 
 
@@ -187,7 +198,7 @@ def test_split_is_stable_across_builds_and_changed_by_the_seed(fake_stdlib, tmp_
         corpus = pc.build_corpus(
             tmp_path / cache, root=fake_stdlib, seed=seed, val_fraction=0.2, test_fraction=0.2
         )
-        return {r.path: split for split in pc.SPLITS for r in corpus.splits[split]}
+        return {pc.split_unit(r): split for split in pc.SPLITS for r in corpus.splits[split]}
 
     first, again = assignment(0, "a"), assignment(0, "b")  # second build from scratch
     assert first == again
@@ -233,24 +244,27 @@ def test_second_build_reads_the_cache_and_manifest_records_version_and_hash(
 
 def test_package_labels_are_the_k_most_frequent_eligible_packages(tmp_path):
     root = tmp_path / "lib"
-    counts = {"alpha": 5, "beta": 4, "gamma": 3, "delta": 3, "distutils": 9, "tomllib": 8}
+    counts = {"alpha": 15, "beta": 10, "gamma": 5, "delta": 5, "distutils": 20, "tomllib": 20}
     for package, n in counts.items():
-        # three files (one per split), each with one module docstring and n - 1 function docstrings
-        for module in ("__init__", "one", "two"):
-            doc = doc_module(
-                f"{package} {module}.",
-                {f"f{j}": f"{package} {module} {j}." for j in range(n - 1)},
-            )
-            write(root, f"{package}/{module}.py", doc)
-    # the most frequent of all, but a single file: it can never be in every split
-    write(root, "epsilon.py", doc_module("epsilon.", {f"f{j}": f"epsilon {j}." for j in range(20)}))
+        # one module docstring and n - 1 functions: n units of one record each
+        doc = doc_module(f"{package}.", {f"f{j}": f"{package} {j}." for j in range(n - 1)})
+        write(root, f"{package}/__init__.py", doc)
+    # the most frequent of all, but one class is one unit: larger than any held-out share
+    methods = "".join(f'    def f{j}(self):\n        """epsilon {j}."""\n' for j in range(30))
+    write(root, "epsilon.py", "class E:\n" + methods)
     corpus = pc.build_corpus(tmp_path / "cache", root=root, val_fraction=0.2, test_fraction=0.2)
 
     examples, labels = pc.package_task(corpus, k=3)
     # distutils and tomllib are frequent but version-dependent; delta beats gamma on the name tie
     assert labels == ["alpha", "beta", "delta"]
+    # each package holds out round(20%) of its records in val and in test: 3, 2, 1
+    expected = {
+        "train": {"alpha": 9, "beta": 6, "delta": 3},
+        "val": {"alpha": 3, "beta": 2, "delta": 1},
+        "test": {"alpha": 3, "beta": 2, "delta": 1},
+    }
     for split in pc.SPLITS:
-        assert Counter(labels[y] for _, y in examples[split]) == {"alpha": 5, "beta": 4, "delta": 3}
+        assert Counter(labels[y] for _, y in examples[split]) == expected[split]
     for text, y in examples["train"]:
         assert text.startswith(labels[y])
     assert pc.package_task(corpus, k=4)[1] == ["alpha", "beta", "delta", "gamma"]
@@ -258,20 +272,27 @@ def test_package_labels_are_the_k_most_frequent_eligible_packages(tmp_path):
         pc.package_task(corpus, k=5)
 
 
-def test_packages_of_three_or_more_files_have_files_in_every_split(tmp_path):
-    paths = [f"pkg{p}/mod{i}.py" for p in range(30) for i in range(3 + p % 7)] + [
-        f"single{i}.py" for i in range(500)
-    ]
-    splits = pc.assign_splits(paths, seed=0, val_fraction=0.05, test_fraction=0.05)
-    assert set(splits) == set(paths)
-    for p in range(30):
-        files = [f for f in paths if f.startswith(f"pkg{p}/")]
-        assert {splits[f] for f in files} == set(pc.SPLITS), p
-    # single files keep the plain hash rule, so the fractions hold for them
-    singles = Counter(splits[f"single{i}.py"] for i in range(500))
-    assert singles == Counter(pc.split_of(f"single{i}.py", 0, 0.05, 0.05) for i in range(500))
-    assert pc.assign_splits(reversed(paths), 0, 0.05, 0.05) == splits  # order does not matter
-    assert pc.assign_splits(paths, 1, 0.05, 0.05) != splits
+def test_each_package_holds_out_its_share_over_many_units():
+    def record(path: str, kind: str, name: str) -> pc.DocRecord:
+        return pc.DocRecord(path, pc.package_of(path), kind, name, f"{path} {name}")
+
+    # "big": 100 functions in 10 files, and one class of 50 records; "tiny": 3 functions
+    records = [record(f"big/m{i % 10}.py", "function", f"f{i}") for i in range(100)]
+    records += [record("big/m0.py", "class", "Huge")]
+    records += [record("big/m0.py", "function", f"Huge.m{j}") for j in range(49)]
+    records += [record("tiny.py", "function", f"t{j}") for j in range(3)]
+    splits = pc.assign_splits(records, seed=0, val_fraction=0.1, test_fraction=0.1)
+    per_record = [splits[pc.split_unit(r)] for r in records]
+    big = Counter(s for r, s in zip(records, per_record, strict=True) if r.package == "big")
+    # 150 records: exactly round(15.0) in each held-out split, none of them the class
+    assert big == {"train": 120, "val": 15, "test": 15}
+    assert splits["big/m0.py::Huge"] == "train"
+    held_out_files = {r.path for r, s in zip(records, per_record, strict=True) if s != "train"}
+    assert len(held_out_files) >= 5
+    # 3 records: round(0.3) = 0 held out
+    assert {splits[f"tiny.py::t{j}"] for j in range(3)} == {"train"}
+    assert pc.assign_splits(reversed(records), 0, 0.1, 0.1) == splits  # order does not matter
+    assert pc.assign_splits(records, 1, 0.1, 0.1) != splits
 
 
 def test_package_labels_are_counted_on_the_training_split(fake_stdlib, tmp_path):
@@ -396,12 +417,12 @@ def test_no_held_out_text_occurs_in_an_earlier_split(tmp_path):
             },
         )
         write(root, f"pkg{i % 3}/mod{i}.py", source)
-    # the split by file alone, as it was before split_version 2
-    records, _ = pc.load_records(tmp_path / "by_file", root)
-    assignment = pc.assign_splits([r.path for r in records], 0, 0.2, 0.2)
+    # the split alone, without dropping what an earlier split has (as before split_version 2)
+    records, _ = pc.load_records(tmp_path / "by_unit", root)
+    assignment = pc.assign_splits(records, 0, 0.2, 0.2)
     before: dict[str, list[pc.DocRecord]] = {"train": [], "val": [], "test": []}
     for r in records:
-        before[assignment[r.path]].append(r)
+        before[assignment[pc.split_unit(r)]].append(r)
     texts_before = {s: {squeezed(r.text) for r in before[s]} for s in pc.SPLITS}
     assert overlaps(texts_before) == {"val in train": 2, "test in train": 2, "test in val": 2}
 
@@ -411,10 +432,11 @@ def test_no_held_out_text_occurs_in_an_earlier_split(tmp_path):
         "package": NO_OVERLAP,
         "names": NO_OVERLAP,
     }
-    # only the repeated docstrings left val and test: two a file (copy, add)
+    # only the repeated docstrings (copy, add: in every file, so in train too) left val and test
+    repeated = {squeezed("Return a copy of the object."), squeezed(sum_doc[0])}
     for split in ("val", "test"):
-        assert len(corpus.splits[split]) == len(before[split]) - 2 * len(
-            {r.path for r in before[split]}
+        assert len(corpus.splits[split]) == sum(
+            squeezed(r.text) not in repeated for r in before[split]
         )
         assert corpus.manifest["splits"][split]["dropped_seen"] == len(before[split]) - len(
             corpus.splits[split]
@@ -455,3 +477,21 @@ def test_real_stdlib_held_out_splits_share_no_text_with_training(stdlib_corpus):
     m = stdlib_corpus.manifest["splits"]
     assert m["train"]["dropped_seen"] == 0
     assert m["val"]["dropped_seen"] > 0 and m["test"]["dropped_seen"] > 0
+
+
+def test_real_stdlib_package_task_holds_out_every_label_in_its_share(stdlib_corpus):
+    # before split_version 3 the held-out splits were one file per package: val was 51%
+    # logging/__init__.py and test 51% tkinter/ttk.py (docs/text_diagnosis.md)
+    examples, labels = pc.package_task(stdlib_corpus)
+    train = Counter(y for _, y in examples["train"])
+    for split in ("val", "test"):
+        held = Counter(y for _, y in examples[split])
+        n = sum(held.values())
+        assert n > 250
+        for y in range(len(labels)):
+            # each label's share of the split is its share of train, within 3 points
+            assert abs(held[y] / n - train[y] / sum(train.values())) < 0.03, (split, labels[y])
+        units = Counter(
+            pc.split_unit(r) for r in stdlib_corpus.splits[split] if r.package in labels
+        )
+        assert max(units.values()) / n < 0.08  # no class, function or file decides the split
