@@ -180,6 +180,7 @@ TEXT_TASKS = {
             ("bert", "linear_probe"),
             ("gpt", "finetune"),
             ("bert", "finetune"),
+            ("contrastive", "finetune"),
             ("gpt", "gradual_unfreeze"),
             ("gpt", "discriminative_lr"),
         ],
@@ -191,8 +192,8 @@ TEXT_TASKS = {
 
 @pytest.fixture(scope="module")
 def text_run(tmp_path_factory):
-    """``pipeline=text`` with two tiny arms (a GPT and a BERT), a 512-token vocabulary and a
-    few steps per run."""
+    """``pipeline=text`` with its three arms made tiny (a GPT, a BERT, a span-contrastive
+    encoder), a 512-token vocabulary, one seed and a few steps per run."""
     cwd = tmp_path_factory.mktemp("pipeline_text")
     tiny = [
         f"data.cache_dir={cwd / 'pydoc'}",
@@ -224,10 +225,16 @@ def text_run(tmp_path_factory):
                         *QUIET_PRETRAIN,
                     ]
                 )
-                for arm in ("gpt", "bert")
+                for arm in ("gpt", "bert", "contrastive")
             ),
             "pretrain.arms.bert.methods=[linear_probe,finetune]",
+            "pretrain.arms.contrastive.methods=[finetune]",
+            "tasks.package.arms=[gpt,bert,contrastive]",
+            "tasks.package.methods=[scratch,linear_probe,finetune,gradual_unfreeze,discriminative_lr]",
             "tasks.package.label_fractions=[0.1,1.0]",
+            "tasks.package.seeds=1",
+            "tasks.names.label_fractions=[1.0]",
+            "tasks.names.seeds=1",
             "tasks.package.overrides="
             + hydra_list(["experiment=pydoc_package_classifier", *tiny, "data.max_length=32"]),
             "tasks.names.overrides="
@@ -262,7 +269,7 @@ def test_text_study_runs_every_task_fraction_arm_method_and_seed(text_run):
         for arm, m in columns
     )
     assert keys == expected
-    assert {r["pretrain"] for r in rows} == {"", "gpt", "bert"}
+    assert {r["pretrain"] for r in rows} == {"", "gpt", "bert", "contrastive"}
     for r in rows:
         if r["task"] == "package":
             for stage in ("test", "val"):
@@ -282,7 +289,7 @@ def test_text_study_runs_every_task_fraction_arm_method_and_seed(text_run):
 def test_text_fine_tunes_start_from_the_pretraining_checkpoint(text_run):
     """Each arm's runs start from that arm's checkpoint, with its tokenizer."""
     ckpts, tokenizers = {}, {}
-    for arm in ("gpt", "bert"):
+    for arm in ("gpt", "bert", "contrastive"):
         ckpts[arm] = text_run / "pretrain" / arm / "checkpoints" / "last.ckpt"
         assert ckpts[arm].is_file()
         tokenizers[arm] = json.loads((text_run / "pretrain" / arm / "tokenizer.json").read_text())
@@ -294,13 +301,14 @@ def test_text_fine_tunes_start_from_the_pretraining_checkpoint(text_run):
         arm: torch.load(ckpt, weights_only=True)["ptft_backbone"]["config"]["causal"]
         for arm, ckpt in ckpts.items()
     }
-    assert causal == {"gpt": True, "bert": False}
+    assert causal == {"gpt": True, "bert": False, "contrastive": False}
     for task, arm, method in [
         ("names", "gpt", "finetune"),
         ("package", "gpt", "linear_probe"),
         ("package", "gpt", "finetune"),
         ("package", "bert", "linear_probe"),
         ("package", "bert", "finetune"),
+        ("package", "contrastive", "finetune"),
     ]:
         fraction = TEXT_TASKS[task][1][-1]
         run = text_run / "finetune" / task / f"fraction_{fraction}" / f"{arm}-{method}" / "seed_0"
@@ -319,12 +327,13 @@ def test_text_report_has_a_table_per_task(text_run):
     assert "## package" in report and "## names" in report
     assert (
         "| label fraction | scratch | gpt linear_probe | bert linear_probe | gpt finetune "
-        "| bert finetune | gpt gradual_unfreeze | gpt discriminative_lr |" in report
+        "| bert finetune | contrastive finetune | gpt gradual_unfreeze | gpt discriminative_lr |"
+        in report
     )
     assert "| label fraction | scratch | gpt finetune |" in report
     assert (
-        "| label fraction | method | test/exact_match (%) | test/token_acc (%) | test/ppl |"
-        in report
+        "| label fraction | method | test/ppl | test/token_acc (%) | test/word_f1 (%) "
+        "| test/exact_match (%) | test/exact_count |" in report
     )
     assert (text_run / "label_efficiency.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 

@@ -58,9 +58,10 @@ def cache_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def pretrained(cache_dir, tmp_path_factory) -> dict[str, Path]:
-    """A few steps of a tiny GPT and a tiny BERT on pydoc_text (vocabulary 512)."""
+    """A few steps of a tiny GPT, BERT and span-contrastive encoder on pydoc_text (vocabulary
+    512)."""
     runs = {}
-    for name in ("pydoc_gpt", "pydoc_bert"):
+    for name in ("pydoc_gpt", "pydoc_bert", "pydoc_contrastive"):
         out = tmp_path_factory.mktemp(name)
         cfg = compose_train(
             [
@@ -209,8 +210,14 @@ def test_package_data_has_every_label_in_every_split_and_a_stratified_subset(cac
     assert len(saved) == 1 and saved[0].read_text().count('"') == 20
 
 
-def test_classifier_fine_tunes_from_a_gpt_with_its_tokenizer(pretrained, cache_dir, tmp_path):
-    gpt = pretrained["pydoc_gpt"]
+@pytest.mark.parametrize(
+    ("objective", "causal"),
+    [("pydoc_gpt", True), ("pydoc_bert", False), ("pydoc_contrastive", False)],
+)
+def test_classifier_fine_tunes_from_a_pretrained_backbone_with_its_tokenizer(
+    objective, causal, pretrained, cache_dir, tmp_path
+):
+    gpt = pretrained[objective]
     gpt_ckpt = torch.load(gpt / "checkpoints" / "last.ckpt", weights_only=True)
     # data.vocab_size stays 8192: with the pretraining tokenizer (512 tokens) the ids fit the
     # backbone
@@ -232,6 +239,7 @@ def test_classifier_fine_tunes_from_a_gpt_with_its_tokenizer(pretrained, cache_d
     for name, value in model.backbone.state_dict().items():
         assert torch.equal(value, gpt_ckpt["state_dict"][f"backbone.{name}"]), name
     assert model.pooling == "mean" and model.backbone.vocab_size == 512  # the experiment's
+    assert model.backbone.causal is causal
     metrics = train(cfg)
     assert 0.0 <= metrics["test/acc"] <= 1.0
     assert (tmp_path / "tokenizer.json").read_text() == gpt_ckpt["ptft_tokenizer"]

@@ -65,6 +65,20 @@ def nt_xent(
         return F.cross_entropy(logits, positive_index)
 
 
+def gathered_nt_xent(
+    module: Any, z1: torch.Tensor, z2: torch.Tensor, temperature: float
+) -> torch.Tensor:
+    """:func:`nt_xent` of a LightningModule's views; under DDP the views of every process are
+    gathered (with gradients), so the negatives are the whole global batch."""
+    trainer = getattr(module, "_trainer", None)
+    if trainer is not None and trainer.world_size > 1:
+        z1_all = module.all_gather(z1, sync_grads=True).flatten(0, 1)
+        z2_all = module.all_gather(z2, sync_grads=True).flatten(0, 1)
+        offset = module.global_rank * z1.shape[0]
+        return nt_xent(z1, z2, temperature, z1_all=z1_all, z2_all=z2_all, offset=offset)
+    return nt_xent(z1, z2, temperature)
+
+
 #: elements of one chunk of the CPU loss: 128 rows of an 8192 vocabulary, 4 MiB in fp32, stay in
 #: cache
 LOSS_CHUNK_ELEMENTS = 2**20

@@ -20,7 +20,7 @@ from ptft.data.augment import Augment, AugmentConfig
 from ptft.modules.backbone_module import BackboneModule
 from ptft.monitors.features import FeatureMonitor, KNNConfig, MonitoredObjective, OnlineProbeConfig
 from ptft.nn.heads import ProjectionHead
-from ptft.objectives.losses import nt_xent
+from ptft.objectives.losses import gathered_nt_xent
 
 
 class SimCLR(MonitoredObjective, BackboneModule):
@@ -61,12 +61,7 @@ class SimCLR(MonitoredObjective, BackboneModule):
         return h1, self.projector(h1), self.projector(h2)
 
     def contrastive_loss(self, z1: torch.Tensor, z2: torch.Tensor) -> torch.Tensor:
-        if self._trainer is not None and self.trainer.world_size > 1:
-            z1_all = self.all_gather(z1, sync_grads=True).flatten(0, 1)
-            z2_all = self.all_gather(z2, sync_grads=True).flatten(0, 1)
-            offset = self.global_rank * z1.shape[0]
-            return nt_xent(z1, z2, self.temperature, z1_all=z1_all, z2_all=z2_all, offset=offset)
-        return nt_xent(z1, z2, self.temperature)
+        return gathered_nt_xent(self, z1, z2, self.temperature)
 
     # -- steps ----------------------------------------------------------------------------
     def training_step(self, batch: Sequence[torch.Tensor], batch_idx: int) -> torch.Tensor:

@@ -27,7 +27,7 @@ from ptft.files import atomic_path, write_atomic
 log = logging.getLogger(__name__)
 
 #: metric names (after ``stage/``) that are rates in [0, 1], shown in %
-RATES = ("acc", "f1", "exact_match")
+RATES = ("acc", "f1", "exact_match", "word_f1")
 #: metric names (after ``stage/``) where lower is better
 LOWER_IS_BETTER = ("loss", "ppl")
 #: methods that start from the pretraining checkpoint (the study's return value is theirs)
@@ -105,7 +105,7 @@ def fraction_key(fraction: float) -> float:
 
 
 def is_rate(metric: str) -> bool:
-    """Whether a metric is a rate in [0, 1] (acc, f1, exact_match, token_acc …), shown in %."""
+    """Whether a metric is a rate in [0, 1] (acc, f1, exact_match, word_f1, token_acc …), shown in %."""
     name = metric.rsplit("/", 1)[-1]
     return name in RATES or name.endswith("_acc")
 

@@ -3,7 +3,9 @@
 The whole pretrained language model carries over (the output layer is tied to the token
 embedding, so ``model.pretrained`` hands over the head too). The loss is the log-likelihood
 of the target tokens only; validation and test also decode every prompt greedily and count
-an exact match when the decode, up to its ``<eos>``, equals the target.
+an exact match when the decode, up to its ``<eos>``, equals the target (``exact_match``, and
+``exact_count`` of them), and score the decoded text's words against the target's
+(``word_f1``, :mod:`ptft.evaluation.word_f1`; with the datamodule's tokenizer).
 
 ``finetune="full"`` trains everything; ``finetune="lora"`` (Hu et al. 2021) trains only
 low-rank adapters in the backbone (``lora``: :class:`ptft.interop.lora.LoRAConfig`): the
@@ -19,12 +21,13 @@ from typing import Any, Literal
 import torch
 from tokenizers import Tokenizer
 from torch import Tensor, nn
-from torchmetrics import MeanMetric
+from torchmetrics import MeanMetric, SumMetric
 
 from ptft.config.bounds import PositiveInt, check_arguments
 from ptft.data.masking import IGNORE_INDEX
 from ptft.data.tokenizer import prompt_prefix, specials_of
 from ptft.errors import ConfigError
+from ptft.evaluation.word_f1 import word_f1
 from ptft.interop.lora import LoRAConfig
 from ptft.modules.language_model import LanguageModel
 from ptft.nn.decoding import generate
@@ -71,6 +74,10 @@ class SequenceGenerator(LanguageModel):
             # the tied output layer is the token embedding: frozen with the rest of the backbone
             self.configure_lora(lora)
         self.exact_match = nn.ModuleDict({s: MeanMetric() for s in ("val", "test")})
+        self.exact_count = nn.ModuleDict({s: SumMetric() for s in ("val", "test")})
+        self.word_f1 = nn.ModuleDict({s: MeanMetric() for s in ("val", "test")})
+        #: the datamodule's tokenizer, read once when an evaluation first decodes
+        self._decoder: Tokenizer | None = None
 
     @property
     def stop_ids(self) -> tuple[int, ...]:
@@ -107,8 +114,35 @@ class SequenceGenerator(LanguageModel):
         )
         hits = torch.tensor([float(d == t) for d, t in zip(decoded, targets, strict=True)])
         self.exact_match[stage].update(hits)
+        self.exact_count[stage].update(hits)
+        tokenizer = self.decoder()
+        if tokenizer is not None:
+            scores = [
+                word_f1(
+                    tokenizer.decode(self.without_stop(d)), tokenizer.decode(self.without_stop(t))
+                )
+                for d, t in zip(decoded, targets, strict=True)
+            ]
+            self.word_f1[stage].update(torch.tensor(scores))
+
+    def decoder(self) -> Tokenizer | None:
+        """The datamodule's tokenizer (None without one: no ``word_f1`` then)."""
+        if self._decoder is None:
+            path = self.tokenizer_path()
+            self._decoder = Tokenizer.from_file(str(path)) if path is not None else None
+        return self._decoder
+
+    def without_stop(self, ids: list[int]) -> list[int]:
+        """``ids`` up to their first stop id (the target's ``<eos>``)."""
+        stops = set(self.stop_ids)
+        return next((ids[:i] for i, t in enumerate(ids) if t in stops), ids)
 
     def _log_epoch(self, stage: str) -> None:
         super()._log_epoch(stage)
         self.log(f"{stage}/exact_match", self.exact_match[stage].compute())
+        self.log(f"{stage}/exact_count", self.exact_count[stage].compute())
         self.exact_match[stage].reset()
+        self.exact_count[stage].reset()
+        if self.word_f1[stage].update_count:
+            self.log(f"{stage}/word_f1", self.word_f1[stage].compute())
+        self.word_f1[stage].reset()

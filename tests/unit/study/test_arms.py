@@ -128,14 +128,20 @@ def test_the_shipped_studies_compare_two_objectives():
         ("autoencoder", "finetune"),
     }
     text = compose_study(["pipeline=text"])
-    assert list(runner.arms(text)) == ["gpt", "bert"]
+    assert list(runner.arms(text)) == ["gpt", "bert", "contrastive"]
     runs = list(runner.plan(text))
-    # package: 3 fractions x (scratch + 4 methods x 2 arms); names: scratch + gpt finetune
-    assert len(runs) == 3 * (1 + 4 * 2) + 2
-    assert [(r.arm, r.method) for r in runs if r.task == "names"] == [
+    # package: 3 fractions x 3 seeds x (scratch + finetune from bert and from contrastive);
+    # names: 2 fractions x 3 seeds x (scratch + gpt finetune)
+    assert len(runs) == 3 * 3 * 3 + 2 * 3 * 2
+    assert {(r.arm, r.method) for r in runs if r.task == "package"} == {
+        ("", "scratch"),
+        ("bert", "finetune"),
+        ("contrastive", "finetune"),
+    }
+    assert {(r.arm, r.method) for r in runs if r.task == "names"} == {
         ("", "scratch"),
         ("gpt", "finetune"),
-    ]
+    }
 
 
 # ---------------------------------------------------------------------- one-line errors
@@ -234,8 +240,10 @@ def test_the_command_line_says_how_to_pick_one_form(tmp_path, monkeypatch):
 
 
 def test_a_dropped_arm_and_a_reused_checkpoint(tmp_path):
-    cfg = compose_study(["pipeline=text", "~pretrain.arms.bert"])
-    assert list(runner.arms(cfg)) == ["gpt"]
+    cfg = compose_study(
+        ["pipeline=text", "~pretrain.arms.bert", "tasks.package.arms=[contrastive]"]
+    )
+    assert list(runner.arms(cfg)) == ["gpt", "contrastive"]
     reused = compose_study(["pipeline=text", f"pretrain.arms.bert.pretrained='{tmp_path}'"])
     assert runner.arms(reused)["bert"].pretrained == str(tmp_path)
     runner.check_arms(reused)
