@@ -379,5 +379,7 @@ def test_eval_of_a_fine_tuned_text_checkpoint_matches_its_test_stage(
         config_name="eval",
     )
     evaluated = evaluate(eval_cfg)
-    for key in ("test/loss", "test/ppl", "test/token_acc", "test/exact_match"):
+    keys = ("test/loss", "test/ppl", "test/token_acc", "test/exact_match", "test/exact_count")
+    for key in (*keys, "test/word_f1"):
         assert evaluated[key] == pytest.approx(metrics[key], rel=1e-5), key
+    assert metrics["test/exact_match"] <= metrics["test/word_f1"] <= 1.0  # an exact hit scores 1

@@ -5,7 +5,7 @@ embedding, so ``model.pretrained`` hands over the head too). The loss is the log
 of the target tokens only; validation and test also decode every prompt greedily and count
 an exact match when the decode, up to its ``<eos>``, equals the target (``exact_match``, and
 ``exact_count`` of them), and score the decoded text's words against the target's
-(``word_f1``, :mod:`ptft.evaluation.word_f1`; with the datamodule's tokenizer).
+(``word_f1``, :mod:`ptft.tasks.word_f1`; with the datamodule's tokenizer).
 
 ``finetune="full"`` trains everything; ``finetune="lora"`` (Hu et al. 2021) trains only
 low-rank adapters in the backbone (``lora``: :class:`ptft.interop.lora.LoRAConfig`): the
@@ -27,7 +27,7 @@ from ptft.config.bounds import PositiveInt, check_arguments
 from ptft.data.masking import IGNORE_INDEX
 from ptft.data.tokenizer import prompt_prefix, specials_of
 from ptft.errors import ConfigError
-from ptft.evaluation.word_f1 import word_f1
+from ptft.tasks.word_f1 import word_f1
 from ptft.interop.lora import LoRAConfig
 from ptft.modules.language_model import LanguageModel
 from ptft.nn.decoding import generate

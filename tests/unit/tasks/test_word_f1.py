@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from ptft.evaluation.word_f1 import word_f1, words
+from ptft.tasks.word_f1 import word_f1, words
 
 
 @pytest.mark.parametrize(
