@@ -105,7 +105,7 @@ def fraction_key(fraction: float) -> float:
 
 
 def is_rate(metric: str) -> bool:
-    """Whether a metric is a rate in [0, 1] (acc, f1, exact_match, word_f1, token_acc …), shown in %."""
+    """Whether a metric is a rate in [0, 1] (acc, f1, word_f1, token_acc …), shown in %."""
     name = metric.rsplit("/", 1)[-1]
     return name in RATES or name.endswith("_acc")
 

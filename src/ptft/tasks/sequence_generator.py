@@ -27,10 +27,10 @@ from ptft.config.bounds import PositiveInt, check_arguments
 from ptft.data.masking import IGNORE_INDEX
 from ptft.data.tokenizer import prompt_prefix, specials_of
 from ptft.errors import ConfigError
-from ptft.tasks.word_f1 import word_f1
 from ptft.interop.lora import LoRAConfig
 from ptft.modules.language_model import LanguageModel
 from ptft.nn.decoding import generate
+from ptft.tasks.word_f1 import word_f1
 
 GeneratorFinetuneMode = Literal["full", "lora"]
 
