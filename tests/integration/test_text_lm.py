@@ -122,11 +122,12 @@ def test_val_ppl_is_exp_of_the_token_mean_loss(gpt_run):
             )
             counts.append(batch[:, 1:].numel())
     mean = sum(losses) / sum(counts)
-    assert logged["val/loss"] == pytest.approx(mean, rel=1e-5)
-    assert logged["val/ppl"] == pytest.approx(math.exp(mean), rel=1e-5)
+    assert logged["val/loss"] == pytest.approx(mean, rel=1e-6)
+    assert logged["val/ppl"] == pytest.approx(math.exp(mean), rel=1e-6)
     # and the mean of per-batch perplexities would differ: the check above can tell them apart
+    # (two batches of one corpus differ little: 6e-6 relative on split_version 3)
     per_batch_ppl = sum(math.exp(s / c) for s, c in zip(losses, counts, strict=True)) / 2
-    assert abs(per_batch_ppl - math.exp(mean)) > 1e-5 * math.exp(mean)
+    assert abs(per_batch_ppl - math.exp(mean)) > 2e-6 * math.exp(mean)
     assert logged["val/loss"] < math.log(512) - 0.5  # 30 steps learnt something
 
 
