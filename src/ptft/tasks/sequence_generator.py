@@ -25,7 +25,7 @@ from torchmetrics import MeanMetric, SumMetric
 
 from ptft.config.bounds import PositiveInt, check_arguments
 from ptft.data.masking import IGNORE_INDEX
-from ptft.data.tokenizer import prompt_prefix, specials_of
+from ptft.data.tokenizer import load_tokenizer, prompt_prefix, specials_of
 from ptft.errors import ConfigError
 from ptft.interop.lora import LoRAConfig
 from ptft.modules.language_model import LanguageModel
@@ -129,7 +129,7 @@ class SequenceGenerator(LanguageModel):
         """The datamodule's tokenizer (None without one: no ``word_f1`` then)."""
         if self._decoder is None:
             path = self.tokenizer_path()
-            self._decoder = Tokenizer.from_file(str(path)) if path is not None else None
+            self._decoder = load_tokenizer(path) if path is not None else None
         return self._decoder
 
     def without_stop(self, ids: list[int]) -> list[int]:
