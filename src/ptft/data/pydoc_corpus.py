@@ -263,9 +263,9 @@ def assign_splits(
         most = {split: max(n // UNITS_PER_SHARE, 1) for split, n in need.items()}
         for unit in sorted(units, key=lambda u: _unit_hash(seed, u)):
             fits = (s for s in ("test", "val") if 0 < sizes[unit] <= min(need[s], most[s]))
-            split = next(fits, "train")
-            need[split] = need.get(split, 0) - sizes[unit]
-            splits[unit] = split
+            splits[unit] = split = next(fits, "train")
+            if split != "train":
+                need[split] -= sizes[unit]
     return splits
 
 

@@ -102,9 +102,6 @@ class SpanContrastive(BackboneModule):
             self(take_spans(tokens, second, self.span_length)),
         )
 
-    def input_tokens(self, batch: Tensor) -> Tensor:
-        return batch[:, :-1]
-
     def training_tokens(self, batch: Tensor) -> int:
         """Tokens the backbone reads in a step: two spans a block."""
         return 2 * batch.shape[0] * self.span_length
