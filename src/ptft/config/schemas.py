@@ -190,6 +190,9 @@ class PretrainArm:
     pretrained: PretrainedPath | None = None
     # the pretrained methods run from this arm (null: every one a task lists)
     methods: list[str] | None = None
+    # extra overrides per pretrained method from this arm, after the task's own: how to
+    # fine-tune this backbone (its learning rate, say) is the arm's business
+    method_overrides: dict[str, list[str]] = field(default_factory=dict)
 
 
 @dataclass
@@ -198,7 +201,8 @@ class PipelineStage:
     a checkpoint), or named arms (``arms.<name>``: :class:`PretrainArm`), not both."""
 
     overrides: list[str] = field(default_factory=list)
-    # name -> {overrides, pretrained, methods}; empty or null: the one unnamed arm above
+    # name -> {overrides, pretrained, methods, method_overrides}; empty or null: the one
+    # unnamed arm above
     arms: dict[str, Any] | None = field(default_factory=dict)
 
 

@@ -26,7 +26,7 @@ import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -122,6 +122,8 @@ class Arm:
     pretrained: str | None = None
     #: the pretrained methods that run from it (None: every one a task lists)
     methods: tuple[str, ...] | None = None
+    #: overrides per pretrained method from it, after the task's (``method_overrides``)
+    method_overrides: dict[str, tuple[str, ...]] = field(default_factory=dict)
 
     @property
     def key(self) -> str:
@@ -154,7 +156,8 @@ def arms(cfg: DictConfig) -> dict[str, Arm]:
     for name, raw in named.items():
         arm = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(PretrainArm), raw))
         methods = tuple(arm.methods) if arm.methods is not None else None
-        out[name] = Arm(name, tuple(arm.overrides), arm.pretrained or None, methods)
+        per_method = {str(m): tuple(o) for m, o in arm.method_overrides.items()}
+        out[name] = Arm(name, tuple(arm.overrides), arm.pretrained or None, methods, per_method)
     return out
 
 
@@ -216,10 +219,12 @@ def interactive() -> bool:
 def run_overrides(
     cfg: DictConfig, run: Run, ckpt: Path | None, stage_dir: Path, bars: bool = False
 ) -> list[str]:
-    """The ``ptft-train`` overrides of one run: the task's, then the study's, then the method's;
-    with ``bars``, the run draws Lightning's progress bars below the study's."""
+    """The ``ptft-train`` overrides of one run: the task's, then the study's, then the method's
+    (the task's, then its arm's); with ``bars``, the run draws Lightning's progress bars below
+    the study's."""
     task = cfg.tasks[run.task]
     pretrained = run.method in PRETRAINED_METHODS and ckpt is not None
+    arm = arms(cfg).get(run.arm) if run.method in PRETRAINED_METHODS else None
     return [
         *task.overrides,
         *QUIET,
@@ -231,6 +236,7 @@ def run_overrides(
         f"seed={run.seed}",
         f"paths.output_dir={quote_override(stage_dir)}",
         *task.method_overrides.get(run.method, []),
+        *(arm.method_overrides.get(run.method, ()) if arm else ()),
     ]
 
 
@@ -298,12 +304,13 @@ def check_arm(name: str, raw: Any) -> None:
         problem = violation(arm[field_name], ann)
         if problem:
             raise ConfigError(f"{key}.{field_name}={arm[field_name]}: {problem}")
-    unknown = [m for m in arm["methods"] or [] if m not in PRETRAINED_METHODS]
-    if unknown:
-        raise ConfigError(
-            f"{key}.methods: {unknown} are not pretrained methods; choose from "
-            f"{list(PRETRAINED_METHODS)} (scratch and svc use no arm)"
-        )
+    for listed in ("methods", "method_overrides"):
+        unknown = [m for m in arm[listed] or [] if m not in PRETRAINED_METHODS]
+        if unknown:
+            raise ConfigError(
+                f"{key}.{listed}: {unknown} are not pretrained methods; choose from "
+                f"{list(PRETRAINED_METHODS)} (scratch and svc use no arm)"
+            )
 
 
 def check(cfg: DictConfig) -> None:
@@ -352,10 +359,17 @@ def check(cfg: DictConfig) -> None:
                 f"{key}.metrics: svc reports only {list(SVC_METRICS)}; "
                 "put one of them first or drop svc"
             )
-        for method in task.methods:
-            run = Run(str(name), float(task.label_fractions[0]), str(method), 0)
-            where = f"{key}.overrides + method_overrides.{method}"
+        composed: set[tuple[str, ...]] = set()
+        for arm_name, method in task_columns(cfg, str(name)):
+            run = Run(str(name), float(task.label_fractions[0]), method, 0, arm_name)
             overrides = run_overrides(cfg, run, None, Path("unused"), bars=interactive())
+            if tuple(overrides) in composed:  # the same run from another arm: checked
+                continue
+            composed.add(tuple(overrides))
+            where = f"{key}.overrides + method_overrides.{method}"
+            arm = arms(cfg).get(arm_name)
+            if arm is not None and method in arm.method_overrides:
+                where += f" + {arm.key}.method_overrides.{method}"
             run_cfg = compose_train(overrides, where)
             check_run(run_cfg, where)
             if method == "svc" and not is_image_data(run_cfg.data):

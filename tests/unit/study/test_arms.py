@@ -90,6 +90,34 @@ def test_an_arm_may_run_only_some_methods():
     ]
 
 
+def test_an_arms_method_overrides_follow_the_tasks_on_its_own_runs_only():
+    arms = {"arms": {**TWO_ARMS["arms"], "gpt": {"method_overrides": {"finetune": ["lr=1"]}}}}
+    tasks = {"cls": {**TASKS["cls"], "method_overrides": {"finetune": ["lr=3"], "scratch": ["a"]}}}
+    cfg = study(arms, tasks)
+
+    def tail(arm: str, method: str) -> list[str]:
+        overrides = runner.run_overrides(cfg, Run("cls", 0.1, method, 0, arm), None, Path("x"))
+        where = [o.startswith("paths.output_dir=") for o in overrides].index(True)
+        return overrides[where + 1 :]
+
+    # the task's method overrides, then the arm's: the later value wins when Hydra composes
+    assert tail("gpt", "finetune") == ["lr=3", "lr=1"]
+    assert tail("bert", "finetune") == ["lr=3"]
+    assert tail("gpt", "linear_probe") == []
+    assert tail("", "scratch") == ["a"]
+
+
+def test_the_shipped_text_study_finetunes_the_contrastive_arm_at_its_own_rate():
+    text = compose_study(["pipeline=text"])
+    rates = {}
+    with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
+        for arm in ("bert", "contrastive"):
+            run = Run("package", 0.1, "finetune", 0, arm)
+            overrides = runner.run_overrides(text, run, Path("ckpt"), Path("out"))
+            rates[arm] = runner.compose_train(overrides, "test").model.optimizer.lr
+    assert rates == {"bert": 3.0e-3, "contrastive": 1.0e-3}
+
+
 def test_the_one_arm_form_plans_and_writes_as_before_arms():
     cfg = study({"overrides": ["experiment=digits_simclr"]}, {"cls": TASKS["cls"]})
     assert runner.arms(cfg) == {"": Arm("", ("experiment=digits_simclr",))}
@@ -182,11 +210,17 @@ def test_the_shipped_studies_compare_two_objectives():
             "pretrain.arms.gpt.methods: ['scratch'] are not pretrained methods",
         ),
         (
+            {"arms": {"gpt": {"method_overrides": {"scratch": ["model.optimizer.lr=1"]}}}},
+            {"cls": TASKS["cls"]},
+            None,
+            "pretrain.arms.gpt.method_overrides: ['scratch'] are not pretrained methods",
+        ),
+        (
             {"arms": {"gpt": {"overides": ["experiment=pydoc_gpt"]}}},
             {"cls": TASKS["cls"]},
             None,
             "pretrain.arms.gpt.overides: Key 'overides' not in 'PretrainArm'; an arm takes "
-            "['overrides', 'pretrained', 'methods']",
+            "['overrides', 'pretrained', 'methods', 'method_overrides']",
         ),
         (
             {"arms": {"gpt": {"pretrained": "no/such/run"}}},
