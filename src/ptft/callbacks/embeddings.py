@@ -37,7 +37,12 @@ def split_batch(batch: Any) -> tuple[Tensor, Tensor | None]:
 
 def example_features(module: L.LightningModule, x: Tensor) -> Tensor:
     """One feature vector per example: the module's own ``features`` when it has them
-    (a classifier pools as its head reads), else the backbone's, token features averaged."""
+    (a classifier pools as its head reads), else the backbone's, token features averaged.
+    Token rows are cut to the module's input length: a language model's batches carry one
+    token more (the next one), a span encoder reads a span of each block."""
+    shape = getattr(module, "input_shape", None)
+    if shape and len(shape) == 1 and x.ndim == 2 and not x.is_floating_point():
+        x = x[:, : shape[0]]
     features = module.features(x) if hasattr(module, "features") else module.backbone(x)
     return features.mean(dim=1) if features.ndim == 3 else features
 

@@ -61,17 +61,24 @@ class SpanContrastive(BackboneModule):
         span_seed: Seed = 0,
     ) -> None:
         check_arguments(SpanContrastive.__init__, "model", locals())
-        super().__init__(backbone, input_shape, optimizer, scheduler)
-        self.save_hyperparameters()
-        if not hasattr(self.backbone, "token_embedding"):
+        if len(input_shape) != 1:
             raise ConfigError(
-                "model=span_contrastive needs a token backbone; use model/backbone=transformer"
+                f"model=span_contrastive needs a token backbone on token blocks, not inputs of "
+                f"shape {list(input_shape)}; use model/backbone=transformer with a text data set"
             )
         block = int(input_shape[0])
         if span_length > block:
             raise ConfigError(
                 f"model.span_length={span_length} is longer than a block of {block} tokens; "
                 "lower it or raise data.block_size"
+            )
+        # the encoder reads spans, never a whole block: a block may be longer than the
+        # backbone's positions, and a fine-tune inherits the encoder's architecture as is
+        super().__init__(backbone, (span_length,), optimizer, scheduler)
+        self.save_hyperparameters()
+        if not hasattr(self.backbone, "token_embedding"):
+            raise ConfigError(
+                "model=span_contrastive needs a token backbone; use model/backbone=transformer"
             )
         self.temperature = temperature
         self.span_length = span_length
